@@ -1,0 +1,1727 @@
+# MIT License
+#
+# Copyright (c) 2026 The sf_jwt authors
+#
+# Permission is hereby granted, free of charge, to any person obtaining a copy
+# of this software and associated documentation files (the "Software"), to deal
+# in the Software without restriction, including without limitation the rights
+# to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+# copies of the Software, and to permit persons to whom the Software is
+# furnished to do so, subject to the following conditions:
+#
+# The above copyright notice and this permission notice shall be included in all
+# copies or substantial portions of the Software.
+#
+# THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+# IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+# FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+# AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+# LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+# OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+# SOFTWARE.
+"""Log in to Salesforce with the OAuth 2.0 JWT bearer flow.
+
+The flow, in the order this file implements it:
+
+1. Load the Connected App's RSA private key (PKCS#1 or PKCS#8, PEM or DER).
+2. Build the claims: ``iss`` = consumer key, ``sub`` = username, ``aud`` =
+   authorization server, ``exp`` = now + 180 s, in seconds since the epoch (UTC).
+3. Sign them as a compact JWS with RS256 (RSASSA-PKCS1-v1_5 with SHA-256): the
+   assertion.
+4. POST the assertion to ``{login URL}/services/oauth2/token`` and return the
+   access token and instance URL, or raise an error that names the fix.
+
+Standards: RFC 7523 (JWT bearer grant), RFC 7515 (JWS), RFC 7519 (JWT),
+RFC 4648 section 5 (base64url), RFC 8017 (RSASSA-PKCS1-v1_5), RFC 5208 and
+RFC 5958 (PKCS#8), RFC 5280 (X.509).
+
+Example::
+
+    import sf_jwt
+
+    token = sf_jwt.get_token(
+        client_id="3MVG9...",                 # the Connected App's consumer key
+        username="integration@example.com",
+        private_key="server.key",             # a path, PEM text or DER bytes
+        login_url="https://test.salesforce.com",
+    )
+    print(token.instance_url, token.access_token)
+
+Requirements: CPython 3.6 or newer and the pure-Python ``rsa`` package
+(4.7 or newer, below 5). Nothing else: no compiler, no OpenSSL bindings, no
+openssl command. DER is parsed by a small strict reader in this file, so
+``rsa``'s own dependency pyasn1 is never imported.
+
+Limitations: encrypted keys and PKCS#12 (.pfx) files are recognised and
+rejected with the openssl command that converts them. Multi-prime RSA keys are
+rejected. Salesforce returns no expiry and no refresh token for this flow: run
+it again when an API call answers HTTP 401 (INVALID_SESSION_ID).
+"""
+
+import base64
+import binascii
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+import typing
+
+import rsa
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "DecodeError",
+    "InvalidKeyError",
+    "SalesforceJWTError",
+    "SigningKey",
+    "Token",
+    "TransportError",
+    "base64url_decode",
+    "base64url_encode",
+    "build_claims",
+    "create_assertion",
+    "get_token",
+    "load_private_key",
+    "main",
+    "request_token",
+    "sign_rs256",
+]
+
+_logger = logging.getLogger(__name__)
+
+# --- Constants -------------------------------------------------------------
+
+_PRODUCTION_LOGIN_URL = "https://login.salesforce.com"
+_SANDBOX_LOGIN_URL = "https://test.salesforce.com"
+_TOKEN_PATH = "/services/oauth2/token"
+_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+# Salesforce asks for an expiry "within 3 minutes"; 300 s is the most we allow.
+_DEFAULT_LIFETIME = 180
+_MAX_LIFETIME = 300
+_DEFAULT_TIMEOUT = 30
+
+# A key file is a few kilobytes and a token response under one; these caps
+# keep a wrong file or a misbehaving server from filling memory.
+_MAX_KEY_FILE_BYTES = 1024 * 1024
+_MAX_RESPONSE_BYTES = 1024 * 1024
+
+# Key sizes outside this range are rejected: below 512 bits an RS256 signature
+# does not fit, above 16384 bits the pure-Python arithmetic takes minutes.
+_MIN_KEY_BITS = 512
+_MAX_KEY_BITS = 16384
+
+# The JOSE header is fixed: Salesforce accepts RS256 only.
+_JWS_HEADER = b'{"alg":"RS256"}'
+
+# DER encoding of the DigestInfo prefix for SHA-256 (RFC 8017 section 9.2, note 1).
+_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+_USER_AGENT = "sf-jwt/{} (Python {}.{})".format(__version__, *sys.version_info[:2])
+
+
+# --- Exceptions ------------------------------------------------------------
+
+
+class SalesforceJWTError(Exception):
+    """Root of every error this module raises on purpose."""
+
+
+class ConfigurationError(SalesforceJWTError, ValueError):
+    """An argument, option or setting is invalid; fix it and try again."""
+
+
+class InvalidKeyError(ConfigurationError):
+    """The private key is missing, unreadable, in an unsupported form or not RSA."""
+
+
+class DecodeError(SalesforceJWTError, ValueError):
+    """A value is not valid base64url, or a JWT is not well formed."""
+
+
+class AuthenticationError(SalesforceJWTError):
+    """Salesforce answered the token request with an OAuth error.
+
+    Retrying the same request gives the same answer; ``hint`` says what to fix.
+
+    Attributes:
+        status: The HTTP status code, usually 400.
+        error: The OAuth ``error`` code, for example ``invalid_grant``.
+        error_description: Salesforce's ``error_description``.
+        hint: The usual cause and fix, or an empty string.
+    """
+
+    def __init__(self, status: int, error: str, error_description: str, hint: str) -> None:
+        self.status = status
+        self.error = error
+        self.error_description = error_description
+        self.hint = hint
+        message = "{}: {}".format(error, error_description) if error_description else error
+        if hint:
+            message = "{}. {}".format(message, hint)
+        super().__init__(message)
+
+
+class TransportError(SalesforceJWTError):
+    """No usable answer from the token endpoint.
+
+    Examples are a DNS failure, a refused or reset connection, a timeout, a
+    failed TLS verification, HTTP 5xx, or a body that is not JSON.
+
+    Attributes:
+        retryable: True when the same request may succeed later (refused or
+            reset connections, timeouts, HTTP 429, 502, 503 and 504).
+        status: The HTTP status code, or None when no HTTP answer arrived.
+    """
+
+    def __init__(self, message: str, retryable: bool = False, status: typing.Optional[int] = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+# --- base64url (RFC 4648 section 5) ----------------------------------------
+
+_BASE64URL_ALPHABET = re.compile(rb"\A[A-Za-z0-9_-]*={0,2}\Z")
+
+
+def base64url_encode(data: bytes) -> str:
+    """Encode bytes as base64url text without padding, as JWS requires."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError("base64url_encode takes bytes, not {}".format(type(data).__name__))
+    return base64.urlsafe_b64encode(bytes(data)).rstrip(b"=").decode("ascii")
+
+
+def base64url_decode(text: typing.Union[str, bytes]) -> bytes:
+    """Decode base64url text, with or without ``=`` padding.
+
+    Raises:
+        DecodeError: The text contains a character outside the base64url
+            alphabet (``+`` and ``/`` of plain base64 included), or has an
+            impossible length.
+    """
+    if isinstance(text, str):
+        try:
+            raw = text.encode("ascii")
+        except UnicodeEncodeError:
+            raise DecodeError("base64url text contains a non-ASCII character") from None
+    elif isinstance(text, (bytes, bytearray)):
+        raw = bytes(text)
+    else:
+        raise TypeError("base64url_decode takes str or bytes, not {}".format(type(text).__name__))
+
+    if not _BASE64URL_ALPHABET.match(raw):
+        raise DecodeError(
+            "not base64url: only A-Z, a-z, 0-9, '-' and '_' are allowed "
+            "('+' and '/' mean plain base64, which JWS does not use)"
+        )
+    unpadded = raw.rstrip(b"=")
+    if len(unpadded) % 4 == 1:
+        raise DecodeError("not base64url: {} characters cannot encode whole bytes".format(len(unpadded)))
+    if raw != unpadded and len(raw) % 4 != 0:
+        raise DecodeError("not base64url: wrong amount of '=' padding")
+
+    padding = b"=" * (-len(unpadded) % 4)
+    try:
+        return base64.urlsafe_b64decode(unpadded + padding)
+    except (binascii.Error, ValueError) as error:
+        raise DecodeError("not base64url: {}".format(error)) from None
+
+
+# --- DER reader and writer (X.690) ------------------------------------------
+#
+# Just enough ASN.1 for RSA keys, PKCS#8 and X.509: a strict reader that
+# rejects indefinite and non-minimal lengths and any length that runs past the
+# data it is in, so a corrupt length field fails at once instead of allocating.
+
+_TAG_INTEGER = 0x02
+_TAG_BIT_STRING = 0x03
+_TAG_OCTET_STRING = 0x04
+_TAG_NULL = 0x05
+_TAG_OID = 0x06
+_TAG_SEQUENCE = 0x30
+_TAG_CONTEXT_0 = 0xA0
+
+_OID_RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+_OID_NAMES = {
+    "1.2.840.113549.1.1.10": "RSASSA-PSS (RSA restricted to PSS signatures, not RS256)",
+    "1.2.840.10045.2.1": "EC",
+    "1.2.840.10040.4.1": "DSA",
+    "1.3.101.110": "X25519",
+    "1.3.101.111": "X448",
+    "1.3.101.112": "Ed25519",
+    "1.3.101.113": "Ed448",
+    "1.2.840.113549.1.3.1": "Diffie-Hellman",
+}
+
+
+class _DERError(Exception):
+    """Malformed DER. Never leaves the module: callers wrap it."""
+
+
+def _der_read(data: bytes, offset: int, limit: int) -> typing.Tuple[int, int, int]:
+    """Read the element at ``offset``; return its tag and the bounds of its content.
+
+    The element must end at or before ``limit``.
+    """
+    if offset + 2 > limit:
+        raise _DERError("truncated element")
+    tag = data[offset]
+    if tag & 0x1F == 0x1F:
+        raise _DERError("multi-byte tags are not used in keys")
+    length = data[offset + 1]
+    start = offset + 2
+
+    if length == 0x80:
+        raise _DERError("indefinite length is not DER")
+    if length > 0x80:
+        size = length & 0x7F
+        if size > 4 or start + size > limit:
+            raise _DERError("length field too long")
+        length = int.from_bytes(data[start:start + size], "big")
+        if length < 0x80 or data[start] == 0:
+            raise _DERError("length is not minimally encoded")
+        start += size
+
+    end = start + length
+    if end > limit:
+        raise _DERError("length runs past the end of the data")
+    return tag, start, end
+
+
+def _der_children(data: bytes, start: int, end: int) -> typing.List[typing.Tuple[int, bytes]]:
+    """Split the content of a constructed element into (tag, content) pairs."""
+    children = []
+    offset = start
+    while offset < end:
+        tag, child_start, child_end = _der_read(data, offset, end)
+        children.append((tag, data[child_start:child_end]))
+        offset = child_end
+    return children
+
+
+def _der_sequence(data: bytes) -> typing.List[typing.Tuple[int, bytes]]:
+    """Return the children of the SEQUENCE that ``data`` consists of, exactly."""
+    tag, start, end = _der_read(data, 0, len(data))
+    if tag != _TAG_SEQUENCE:
+        raise _DERError("expected a SEQUENCE")
+    if end != len(data):
+        raise _DERError("unexpected data after the SEQUENCE")
+    return _der_children(data, start, end)
+
+
+def _der_integer(element: typing.Tuple[int, bytes]) -> int:
+    """Decode a non-negative INTEGER."""
+    tag, content = element
+    if tag != _TAG_INTEGER or not content:
+        raise _DERError("expected an INTEGER")
+    if content[0] & 0x80:
+        raise _DERError("negative INTEGER")
+    if len(content) > 1 and content[0] == 0 and not content[1] & 0x80:
+        raise _DERError("INTEGER is not minimally encoded")
+    return int.from_bytes(content, "big")
+
+
+def _der_oid(element: typing.Tuple[int, bytes]) -> str:
+    """Decode an OBJECT IDENTIFIER into dotted form."""
+    tag, content = element
+    if tag != _TAG_OID or not content or content[-1] & 0x80:
+        raise _DERError("expected an OBJECT IDENTIFIER")
+    arcs = []
+    value = 0
+    for byte in content:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(str(arc) for arc in [first, arcs[0] - 40 * first] + arcs[1:])
+
+
+def _der_encode(tag: int, content: bytes) -> bytes:
+    """Encode one element with a minimal DER length."""
+    if len(content) < 0x80:
+        return bytes([tag, len(content)]) + content
+    size = (len(content).bit_length() + 7) // 8
+    return bytes([tag, 0x80 | size]) + len(content).to_bytes(size, "big") + content
+
+
+def _der_encode_integer(value: int) -> bytes:
+    """Encode a non-negative INTEGER, with a leading zero byte where the sign needs one."""
+    return _der_encode(_TAG_INTEGER, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def _der_encode_rsa_public_key_info(n: int, e: int) -> bytes:
+    """Encode an RSA SubjectPublicKeyInfo (RFC 5280 and RFC 8017 appendix A.1.1)."""
+    rsa_encryption = _der_encode(_TAG_OID, bytes.fromhex("2a864886f70d010101"))
+    algorithm = _der_encode(_TAG_SEQUENCE, rsa_encryption + _der_encode(_TAG_NULL, b""))
+    public_key = _der_encode(_TAG_SEQUENCE, _der_encode_integer(n) + _der_encode_integer(e))
+    return _der_encode(_TAG_SEQUENCE, algorithm + _der_encode(_TAG_BIT_STRING, b"\x00" + public_key))
+
+
+# --- Private keys -----------------------------------------------------------
+
+
+class SigningKey(object):
+    """An RSA private key, checked and ready to sign.
+
+    Its ``repr`` and ``str`` show the size and the fingerprint, never the
+    private numbers (a bare ``rsa.PrivateKey`` prints d, p and q).
+
+    Attributes:
+        bits: The size of the modulus in bits.
+        fingerprint: ``sha256:`` and the hex SHA-256 of the DER
+            SubjectPublicKeyInfo, the value that
+            ``openssl pkey -in KEY -pubout -outform DER | openssl dgst -sha256``
+            prints.
+    """
+
+    __slots__ = ("_key", "_size", "bits", "fingerprint")
+
+    def __init__(self, key: rsa.PrivateKey) -> None:
+        self._key = key
+        self.bits = key.n.bit_length()
+        self._size = (self.bits + 7) // 8
+        public_key_info = _der_encode_rsa_public_key_info(key.n, key.e)
+        self.fingerprint = "sha256:" + hashlib.sha256(public_key_info).hexdigest()
+
+    @property
+    def public_numbers(self) -> typing.Tuple[int, int]:
+        """The public modulus n and exponent e."""
+        return self._key.n, self._key.e
+
+    @property
+    def rsa_key(self) -> rsa.PrivateKey:
+        """The underlying ``rsa.PrivateKey``. Its ``repr`` prints the private numbers."""
+        return self._key
+
+    def __repr__(self) -> str:
+        return "<SigningKey RSA {} bits {}>".format(self.bits, self.fingerprint)
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> typing.NoReturn:
+        raise TypeError("a SigningKey is not pickled, so the private key cannot leak into a file or cache")
+
+
+_KeySource = typing.Union[str, bytes, "os.PathLike[str]", SigningKey, rsa.PrivateKey]
+
+
+def load_private_key(source: typing.Any) -> SigningKey:
+    """Load and check an RSA private key.
+
+    Args:
+        source: A path (str or ``os.PathLike``), PEM text (str or bytes) or DER
+            bytes. PKCS#1 (``BEGIN RSA PRIVATE KEY``) and PKCS#8 (``BEGIN PRIVATE
+            KEY``) are accepted, with CRLF or CR line ends, a UTF-8 byte order
+            mark, surrounding whitespace, line breaks flattened into the two
+            characters backslash and n (as in environment variables and CI
+            secrets), the whole file encoded once more in base64, or a
+            certificate before the key. A ``SigningKey`` is returned as it is;
+            an ``rsa.PrivateKey`` is checked and wrapped.
+
+    Returns:
+        The checked key.
+
+    Raises:
+        InvalidKeyError: The input is not a usable RSA private key. The message
+            says what was found and how to fix it.
+    """
+    if isinstance(source, SigningKey):
+        return source
+    if isinstance(source, rsa.PrivateKey):
+        return SigningKey(_checked_rsa_key(source.n, source.e, source.d, source.p, source.q))
+
+    data, origin = _read_key_source(source)
+    return _key_from_bytes(data, origin, nested=False)
+
+
+class _KeyOrigin(typing.NamedTuple("_KeyOrigin", [("description", str), ("path", typing.Optional[str])])):
+    """Where key data came from: a phrase for messages, and the file path if any."""
+
+    def command_path(self) -> str:
+        """Return the path to put in a suggested command, quoted if it has spaces."""
+        path = self.path or "KEY_FILE"
+        return '"{}"'.format(path) if " " in path else path
+
+
+def _read_key_source(source: typing.Any) -> typing.Tuple[bytes, _KeyOrigin]:
+    """Return the key data and where it came from."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), _KeyOrigin("the key data", None)
+    if isinstance(source, str) and "-----BEGIN" in source:
+        return source.encode("utf-8"), _KeyOrigin("the key text", None)
+    if isinstance(source, str) and _looks_like_base64(source) and not os.path.exists(source):
+        return source.encode("ascii"), _KeyOrigin("the key text", None)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        return _read_key_file(path), _KeyOrigin("the key file {}".format(path), path)
+    raise InvalidKeyError(
+        "cannot load a private key from a {}: pass a file path, PEM text or DER bytes".format(type(source).__name__)
+    )
+
+
+def _looks_like_base64(text: str) -> bool:
+    """Tell whether text is long base64 (a key file encoded for a CI secret), not a path."""
+    compact = "".join(text.split())
+    return len(compact) >= 64 and re.match(r"\A[A-Za-z0-9+/]+={0,2}\Z", compact) is not None
+
+
+def _read_key_file(path: str) -> bytes:
+    """Read a key file, at most 1 MiB, turning OS errors into InvalidKeyError."""
+    return _read_small_file(path, "key file", InvalidKeyError)
+
+
+def _read_small_file(path: str, what: str, error_class: typing.Type[ConfigurationError]) -> bytes:
+    """Read a file of at most 1 MiB; raise error_class with the path and the fix otherwise."""
+    try:
+        with open(path, "rb") as small_file:
+            data = small_file.read(_MAX_KEY_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise error_class("{} not found: {} (check the path and the working directory)".format(what, path)) from None
+    except IsADirectoryError:
+        raise error_class("{} is a directory, not a {}".format(path, what)) from None
+    except PermissionError:
+        raise error_class("permission denied reading the {} {}: run as a user who can read it".format(what, path)) from None
+    except OSError as error:
+        raise error_class("cannot read the {} {}: {}".format(what, path, error.strerror or error)) from None
+
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise error_class("{} is larger than 1 MiB, so it is not a {} (a 4096-bit key is about 3 KB)".format(path, what))
+    return data
+
+
+def _key_from_bytes(data: bytes, origin: _KeyOrigin, nested: bool) -> SigningKey:
+    """Find the private key in PEM, DER or base64-wrapped data."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if not data.strip():
+        raise InvalidKeyError(
+            "{} is empty: pass the private key, which starts with -----BEGIN".format(origin.description)
+        )
+
+    if data[:1] == b"\x30":
+        return _key_from_der(data, origin)
+    if data.startswith(b"PuTTY-User-Key-File-"):
+        raise InvalidKeyError(
+            "{} is a PuTTY key (.ppk): export it as PEM with "
+            "'puttygen {} -O private-openssh -o key.pem' and pass key.pem".format(
+                origin.description, origin.command_path()
+            )
+        )
+
+    text = _decode_text(data)
+    if text is not None and "-----BEGIN" in text:
+        return _key_from_pem(text, origin)
+    if text is not None and not nested and _looks_like_base64(text):
+        try:
+            decoded = base64.b64decode("".join(text.split()), validate=True)
+        except (binascii.Error, ValueError):
+            decoded = b""
+        if decoded:
+            described = origin._replace(description=origin.description + " (decoded from base64)")
+            return _key_from_bytes(decoded, described, nested=True)
+
+    raise InvalidKeyError(
+        "{} is neither PEM nor DER: pass the private key file, whose first line is "
+        "-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----".format(origin.description)
+    )
+
+
+def _decode_text(data: bytes) -> typing.Optional[str]:
+    """Decode key text, or return None for binary data."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+# PEM (RFC 7468) as OpenSSL writes it, plus RFC 1421 headers for the
+# "Proc-Type: 4,ENCRYPTED" keys of older OpenSSL versions.
+_PEM_MARKER = re.compile(r"-----(BEGIN|END) ([A-Z0-9 #]+?)-----")
+
+_PEMBlock = typing.NamedTuple("_PEMBlock", [("label", str), ("headers", typing.Dict[str, str]), ("body", str)])
+
+
+def _pem_blocks(text: str, origin: _KeyOrigin) -> typing.List[_PEMBlock]:
+    """Split PEM text into its blocks, ignoring text between them.
+
+    Line breaks may be LF, CRLF, CR or the two characters backslash and n.
+    """
+    text = text.replace("\\r\\n", "\n").replace("\\n", "\n").replace("\\r", "\n")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _PEM_MARKER.sub(lambda marker: "\n" + marker.group(0) + "\n", text)
+
+    blocks = []
+    current = None  # type: typing.Optional[_PEMBlock]
+    body_lines = []  # type: typing.List[str]
+    for line in text.split("\n"):
+        line = line.strip()
+        marker = _PEM_MARKER.fullmatch(line)
+        if current is None:
+            if marker and marker.group(1) == "BEGIN":
+                current = _PEMBlock(marker.group(2), {}, "")
+                body_lines = []
+        elif marker is None:
+            if ":" in line and not body_lines:
+                name, _, value = line.partition(":")
+                current.headers[name.strip()] = value.strip()
+            elif line:
+                body_lines.append(line)
+        elif marker.group(1) == "END" and marker.group(2) == current.label:
+            blocks.append(current._replace(body="".join("".join(body_lines).split())))
+            current = None
+        else:
+            raise InvalidKeyError(
+                "{} is corrupt: the PEM block {} ends with {}; copy the key file again".format(
+                    origin.description, current.label, line
+                )
+            )
+
+    if current is not None:
+        raise InvalidKeyError(
+            "{} is truncated: the PEM block {} has no -----END line; copy the key file again".format(
+                origin.description, current.label
+            )
+        )
+    return blocks
+
+
+def _pem_block_der(block: _PEMBlock, origin: _KeyOrigin) -> bytes:
+    """Decode the base64 body of a PEM block."""
+    try:
+        der = base64.b64decode(block.body, validate=True)
+    except (binascii.Error, ValueError):
+        der = b""
+    if not der:
+        raise InvalidKeyError(
+            "{} is corrupt: the base64 body of its {} block is invalid; copy the key file again".format(
+                origin.description, block.label
+            )
+        )
+    return der
+
+
+def _key_from_pem(text: str, origin: _KeyOrigin) -> SigningKey:
+    """Find the one private key among the PEM blocks and load it."""
+    blocks = _pem_blocks(text, origin)
+    private_blocks = [block for block in blocks if block.label.endswith("PRIVATE KEY")]
+    if len(private_blocks) > 1:
+        raise InvalidKeyError(
+            "{} contains {} private keys: keep only the one whose certificate is uploaded "
+            "to the Connected App".format(origin.description, len(private_blocks))
+        )
+    if not private_blocks:
+        _raise_for_pem_without_key(blocks, origin)
+
+    block = private_blocks[0]
+    if block.label == "OPENSSH PRIVATE KEY":
+        raise InvalidKeyError(
+            "{} is in OpenSSH's own format (BEGIN OPENSSH PRIVATE KEY): convert a copy to PEM with "
+            "'cp {} key.pem' and 'ssh-keygen -p -m PEM -f key.pem', then pass key.pem".format(
+                origin.description, origin.command_path()
+            )
+        )
+    if block.label == "ENCRYPTED PRIVATE KEY" or "ENCRYPTED" in block.headers.get("Proc-Type", ""):
+        _raise_encrypted(origin, pkcs8=block.label == "ENCRYPTED PRIVATE KEY", der=False)
+    if block.label in ("EC PRIVATE KEY", "DSA PRIVATE KEY"):
+        _raise_not_rsa(block.label.split()[0], origin)
+    if block.label not in ("RSA PRIVATE KEY", "PRIVATE KEY"):
+        raise InvalidKeyError(
+            "{} contains a '{}' block, which is not a PKCS#1 or PKCS#8 RSA private key".format(
+                origin.description, block.label
+            )
+        )
+    return _key_from_der(_pem_block_der(block, origin), origin)
+
+
+def _raise_for_pem_without_key(blocks: typing.List[_PEMBlock], origin: _KeyOrigin) -> typing.NoReturn:
+    """Explain what a PEM file without a private key contains instead."""
+    labels = [block.label for block in blocks]
+    if any(label.endswith("CERTIFICATE") for label in labels):
+        _raise_certificate(origin)
+    if any(label.endswith("PUBLIC KEY") for label in labels):
+        _raise_public_key(origin)
+    if any(label.endswith("CERTIFICATE REQUEST") for label in labels):
+        raise InvalidKeyError(
+            "{} is a certificate signing request: pass the private key it was made from".format(origin.description)
+        )
+    found = ", ".join(labels) if labels else "no complete PEM block"
+    raise InvalidKeyError("{} contains no private key (found: {})".format(origin.description, found))
+
+
+def _raise_certificate(origin: _KeyOrigin) -> typing.NoReturn:
+    raise InvalidKeyError(
+        "{} is a certificate: this is the certificate you upload to the Connected App; pass the private "
+        "key that belongs to it (the file that starts with -----BEGIN PRIVATE KEY----- or "
+        "-----BEGIN RSA PRIVATE KEY-----)".format(origin.description)
+    )
+
+
+def _raise_public_key(origin: _KeyOrigin) -> typing.NoReturn:
+    raise InvalidKeyError(
+        "{} is a public key: signing the assertion needs the private key; pass the private key "
+        "file, which starts with -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----".format(
+            origin.description
+        )
+    )
+
+
+def _raise_not_rsa(algorithm: str, origin: _KeyOrigin) -> typing.NoReturn:
+    raise InvalidKeyError(
+        "{} is a key of type {}, but Salesforce requires an RSA key for the JWT bearer flow (RS256): make one "
+        "with 'openssl genrsa -out server.key 2048' and upload its certificate to the Connected App".format(
+            origin.description, algorithm
+        )
+    )
+
+
+def _raise_encrypted(origin: _KeyOrigin, pkcs8: bool, der: bool) -> typing.NoReturn:
+    tool = "pkcs8" if pkcs8 else "rsa"
+    inform = " -inform DER" if der else ""
+    raise InvalidKeyError(
+        "{} is an encrypted private key, which sf_jwt cannot decrypt: write an unencrypted copy with "
+        "'openssl {}{} -in {} -out key.pem' (it asks for the password), keep key.pem as private as "
+        "the original, and pass key.pem".format(origin.description, tool, inform, origin.command_path())
+    )
+
+
+def _raise_pkcs12(origin: _KeyOrigin) -> typing.NoReturn:
+    raise InvalidKeyError(
+        "{} is a PKCS#12 (.pfx or .p12) bundle, which sf_jwt cannot read: extract the private key with "
+        "'openssl pkcs12 -in {} -nocerts -nodes -out key.pem' (it asks for the password; add -legacy "
+        "if OpenSSL 3 reports an unsupported algorithm), and pass key.pem".format(
+            origin.description, origin.command_path()
+        )
+    )
+
+
+def _key_from_der(der: bytes, origin: _KeyOrigin) -> SigningKey:
+    """Identify the DER structure and load the RSA key in it."""
+    try:
+        return _key_from_der_structure(der, origin)
+    except _DERError as error:
+        raise InvalidKeyError(
+            "{} is corrupt or not a private key ({}): copy the key file again".format(origin.description, error)
+        ) from None
+
+
+def _key_from_der_structure(der: bytes, origin: _KeyOrigin) -> SigningKey:
+    """Tell the key containers apart by the shape of their outer SEQUENCE."""
+    items = _der_sequence(der)
+    tags = [tag for tag, _ in items]
+
+    if len(tags) >= 3 and tags[:3] == [_TAG_INTEGER] * 3:
+        return _key_from_pkcs1(items, origin)
+    if tags[:3] == [_TAG_INTEGER, _TAG_SEQUENCE, _TAG_OCTET_STRING]:
+        return _key_from_pkcs8(items, origin)
+    if tags[:2] == [_TAG_INTEGER, _TAG_SEQUENCE] and _der_integer(items[0]) == 3:
+        _raise_pkcs12(origin)
+    if tags == [_TAG_SEQUENCE, _TAG_OCTET_STRING]:
+        _raise_encrypted(origin, pkcs8=True, der=True)
+    if tags == [_TAG_SEQUENCE, _TAG_BIT_STRING] or tags == [_TAG_INTEGER, _TAG_INTEGER]:
+        _raise_public_key(origin)
+    if tags[:3] == [_TAG_SEQUENCE, _TAG_SEQUENCE, _TAG_BIT_STRING]:
+        _raise_certificate(origin)
+    if tags[:2] == [_TAG_INTEGER, _TAG_OCTET_STRING]:
+        _raise_not_rsa("EC", origin)
+    raise _DERError("not a PKCS#1 or PKCS#8 structure")
+
+
+def _key_from_pkcs8(items: typing.List[typing.Tuple[int, bytes]], origin: _KeyOrigin) -> SigningKey:
+    """Load a PKCS#8 PrivateKeyInfo (RFC 5208) or OneAsymmetricKey (RFC 5958)."""
+    if _der_integer(items[0]) not in (0, 1):
+        raise _DERError("unknown PKCS#8 version")
+
+    algorithm = _der_children(items[1][1], 0, len(items[1][1]))
+    if not algorithm:
+        raise _DERError("empty AlgorithmIdentifier")
+    oid = _der_oid(algorithm[0])
+    if oid != _OID_RSA_ENCRYPTION:
+        _raise_not_rsa(_OID_NAMES.get(oid, "unknown ({})".format(oid)), origin)
+
+    return _key_from_pkcs1(_der_sequence(items[2][1]), origin)
+
+
+def _key_from_pkcs1(items: typing.List[typing.Tuple[int, bytes]], origin: _KeyOrigin) -> SigningKey:
+    """Load a PKCS#1 RSAPrivateKey (RFC 8017 appendix A.1.2)."""
+    version = _der_integer(items[0])
+    if version == 1:
+        raise InvalidKeyError(
+            "{} is a multi-prime RSA key (more than two primes), which the rsa package cannot sign "
+            "with: make a two-prime key with 'openssl genrsa -out server.key 2048'".format(origin.description)
+        )
+    if version != 0 or len(items) != 9:
+        raise _DERError("not a two-prime RSAPrivateKey")
+
+    n, e, d, p, q, exponent1, exponent2, coefficient = [_der_integer(item) for item in items[1:]]
+    key = _checked_rsa_key(n, e, d, p, q, origin)
+    if (exponent1 - d) % (p - 1) or (exponent2 - d) % (q - 1) or coefficient * q % p != 1:
+        raise InvalidKeyError(
+            "{} is not a valid RSA key (its CRT values do not match d, p and q): the file was "
+            "altered; copy it again or make a new key".format(origin.description)
+        )
+    return SigningKey(key)
+
+
+def _checked_rsa_key(
+    n: int, e: int, d: int, p: int, q: int, origin: _KeyOrigin = _KeyOrigin("the key", None)
+) -> rsa.PrivateKey:
+    """Check that the numbers form an RSA key, then build the ``rsa.PrivateKey``.
+
+    The primality of p and q is not tested: that costs more than a login, and
+    n = p * q with e * d = 1 mod lcm(p - 1, q - 1) already catches corruption.
+    """
+    bits = n.bit_length()
+    problem = None
+    if bits < _MIN_KEY_BITS or bits > _MAX_KEY_BITS:
+        problem = "a {}-bit modulus; use a key of 2048 to {} bits".format(bits, _MAX_KEY_BITS)
+    elif not (3 <= e < n and e % 2 == 1 and 0 < d < n and 1 < p < n and 1 < q < n):
+        problem = "a number is out of range"
+    elif p * q != n or p == q or math.gcd(p, q) != 1:
+        problem = "n is not the product of the primes p and q"
+    else:
+        lambda_n = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
+        if e * d % lambda_n != 1:
+            problem = "d is not the inverse of e"
+
+    if problem:
+        raise InvalidKeyError(
+            "{} is not a valid RSA key ({}): the file was altered or truncated; copy it again "
+            "or make a new key".format(origin.description, problem)
+        )
+    return rsa.PrivateKey(n, e, d, p, q)
+
+
+def _as_signing_key(key: typing.Any) -> SigningKey:
+    """Accept a SigningKey or anything load_private_key takes."""
+    return key if isinstance(key, SigningKey) else load_private_key(key)
+
+
+# --- Claims and assertion (RFC 7523, RFC 7515) ------------------------------
+
+
+def build_claims(
+    client_id: str,
+    username: str,
+    audience: str = _PRODUCTION_LOGIN_URL,
+    lifetime: int = _DEFAULT_LIFETIME,
+    now: typing.Optional[float] = None,
+) -> typing.Dict[str, typing.Any]:
+    """Build the claims of the assertion.
+
+    Args:
+        client_id: The Connected App's consumer key, sent as ``iss``.
+        username: The Salesforce username, sent as ``sub`` exactly as given
+            (sandbox suffixes, ``+`` and ``&`` included).
+        audience: The authorization server, sent as ``aud``:
+            https://login.salesforce.com for production,
+            https://test.salesforce.com for sandboxes, or a My Domain URL.
+        lifetime: Seconds until ``exp``, 1 to 300. Salesforce asks for at most 180.
+        now: The current time in seconds since the epoch; the system clock if None.
+
+    Returns:
+        ``{"iss", "sub", "aud", "exp"}``; ``exp`` is an integer in seconds since
+        1970-01-01T00:00:00Z, so the host's time zone does not matter.
+
+    Raises:
+        ConfigurationError: A value is empty or invalid.
+    """
+    issuer = _checked_text("client_id (the consumer key)", client_id)
+    subject = _checked_text("username", username)
+    if any(character.isspace() for character in issuer):
+        raise ConfigurationError(
+            "client_id (the consumer key) contains whitespace: copy the consumer key from the "
+            "Connected App again, without line breaks"
+        )
+
+    audience = _checked_https_url("audience", audience)
+    lifetime = _checked_lifetime(lifetime)
+    if now is None:
+        now = time.time()
+    elif isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+        raise ConfigurationError("now must be seconds since the epoch, got {!r}".format(now))
+
+    return {"iss": issuer, "sub": subject, "aud": audience, "exp": int(now) + lifetime}
+
+
+def _checked_text(name: str, value: typing.Any) -> str:
+    """Strip surrounding whitespace and reject empty or non-text values."""
+    if not isinstance(value, str):
+        raise ConfigurationError("{} must be a string, got {}".format(name, type(value).__name__))
+    value = value.strip()
+    if not value:
+        raise ConfigurationError("{} is empty".format(name))
+    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in value):
+        raise ConfigurationError("{} contains a control character such as a line break".format(name))
+    return value
+
+
+def _checked_https_url(name: str, url: typing.Any) -> str:
+    """Require an absolute https URL without query or fragment; drop a trailing slash."""
+    from urllib.parse import urlsplit
+
+    url = _checked_text(name, url)
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "https" or not parts.netloc:
+        raise ConfigurationError(
+            "{} must be an https URL such as https://login.salesforce.com, got {!r}".format(name, url)
+        )
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ConfigurationError("{} must not contain a query, fragment or user name, got {!r}".format(name, url))
+    return url.rstrip("/")
+
+
+def _checked_lifetime(lifetime: typing.Any) -> int:
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int) or not 1 <= lifetime <= _MAX_LIFETIME:
+        raise ConfigurationError(
+            "lifetime must be whole seconds from 1 to {}, got {!r} (Salesforce asks for "
+            "at most 180)".format(_MAX_LIFETIME, lifetime)
+        )
+    return lifetime
+
+
+def sign_rs256(signing_input: bytes, key: typing.Any) -> bytes:
+    """Sign with RSASSA-PKCS1-v1_5 and SHA-256 (RFC 8017 section 8.2), the JWS "RS256".
+
+    The private-key operation is ``rsa``'s blinded one, which uses the Chinese
+    Remainder Theorem from rsa 4.8 on. The result is checked with the public
+    exponent before it is returned, because a faulty CRT result would reveal
+    the key.
+
+    Args:
+        signing_input: The bytes to sign, for JWS ``header.claims`` in base64url.
+        key: A SigningKey or anything load_private_key takes.
+
+    Returns:
+        The signature, as many bytes as the modulus.
+    """
+    if not isinstance(signing_input, (bytes, bytearray)):
+        raise TypeError("sign_rs256 signs bytes, not {}".format(type(signing_input).__name__))
+    key = _as_signing_key(key)
+    n, e = key.public_numbers
+
+    encoded = _emsa_pkcs1_v15_sha256(bytes(signing_input), key._size)
+    message = int.from_bytes(encoded, "big")
+    signature = key.rsa_key.blinded_decrypt(message)
+
+    if pow(signature, e, n) != message:
+        raise SalesforceJWTError("the RSA signature failed its check and was discarded; try again")
+    return signature.to_bytes(key._size, "big")
+
+
+def _emsa_pkcs1_v15_sha256(message: bytes, size: int) -> bytes:
+    """Encode per EMSA-PKCS1-v1_5 (RFC 8017 section 9.2): 00 01 FF..FF 00 DigestInfo."""
+    digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
+    return b"\x00\x01" + b"\xff" * (size - len(digest_info) - 3) + b"\x00" + digest_info
+
+
+def _verify_rs256(signing_input: bytes, signature: bytes, n: int, e: int) -> bool:
+    """Tell whether an RS256 signature is valid for the public key (n, e)."""
+    size = (n.bit_length() + 7) // 8
+    value = int.from_bytes(signature, "big")
+    if len(signature) != size or value >= n:
+        return False
+    return pow(value, e, n).to_bytes(size, "big") == _emsa_pkcs1_v15_sha256(signing_input, size)
+
+
+def create_assertion(
+    client_id: str,
+    username: str,
+    key: typing.Any,
+    audience: str = _PRODUCTION_LOGIN_URL,
+    lifetime: int = _DEFAULT_LIFETIME,
+    now: typing.Optional[float] = None,
+) -> str:
+    """Build and sign the JWT assertion for the token request.
+
+    Args:
+        client_id, username, audience, lifetime, now: As for build_claims.
+        key: A SigningKey or anything load_private_key takes.
+
+    Returns:
+        The compact JWS ``header.claims.signature``, each part base64url. The
+        header is exactly ``{"alg":"RS256"}``.
+    """
+    claims = build_claims(client_id, username, audience=audience, lifetime=lifetime, now=now)
+    key = _as_signing_key(key)
+
+    claims_json = json.dumps(claims, separators=(",", ":")).encode("utf-8")
+    signing_input = "{}.{}".format(base64url_encode(_JWS_HEADER), base64url_encode(claims_json))
+
+    signature = sign_rs256(signing_input.encode("ascii"), key)
+    _logger.debug(
+        "signed an assertion with claims iss, sub, aud=%s, exp=%d using key %s",
+        claims["aud"], claims["exp"], key.fingerprint,
+    )
+    return "{}.{}".format(signing_input, base64url_encode(signature))
+
+
+# --- Token endpoint -----------------------------------------------------------
+#
+# urllib, ssl and the HTTP modules are imported inside the functions that use
+# them, so that signing an assertion does not pay for loading them.
+
+
+class Token(object):
+    """The answer to a successful token request.
+
+    Salesforce sends no expiry: the token lasts as long as the org's session
+    timeout. When an API call answers HTTP 401, request a new one.
+
+    Attributes:
+        access_token: The bearer token for ``Authorization: Bearer ...``.
+        instance_url: The org's URL, where the REST API is.
+        id: The identity URL of the user, or None.
+        token_type: Usually ``Bearer``.
+        scope: The granted scopes, separated by spaces, or None.
+        issued_at: When the token was issued, as an aware UTC datetime, or None.
+        raw: A copy of the whole JSON answer.
+    """
+
+    __slots__ = ("access_token", "instance_url", "id", "token_type", "scope", "issued_at", "raw")
+
+    def __init__(
+        self,
+        access_token: str,
+        instance_url: str,
+        id: typing.Optional[str] = None,
+        token_type: typing.Optional[str] = None,
+        scope: typing.Optional[str] = None,
+        issued_at: typing.Optional[datetime.datetime] = None,
+        raw: typing.Optional[typing.Dict[str, typing.Any]] = None,
+    ) -> None:
+        self.access_token = access_token
+        self.instance_url = instance_url
+        self.id = id
+        self.token_type = token_type
+        self.scope = scope
+        self.issued_at = issued_at
+        self.raw = dict(raw) if raw is not None else {}
+
+    def __repr__(self) -> str:
+        return "Token(access_token=<{} characters, hidden>, instance_url={!r}, id={!r}, token_type={!r}, " \
+            "scope={!r}, issued_at={!r})".format(
+                len(self.access_token), self.instance_url, self.id, self.token_type, self.scope, self.issued_at
+            )
+
+
+# The usual cause and fix of each OAuth error Salesforce returns for this flow,
+# keyed by (error, error_description in lower case); an empty description is
+# the fallback for the error code alone.
+_ERROR_HINTS = {
+    ("invalid_grant", "user hasn't approved this consumer"): (
+        "The user is not pre-authorized for the Connected App: in the app's policies set Permitted Users "
+        "to 'Admin approved users are pre-authorized', then add the user's profile or a permission set "
+        "to the app. A sandbox user sent to login.salesforce.com gets this answer too (use --sandbox), "
+        "and a new app or sandbox can need a few minutes before logins work."
+    ),
+    ("invalid_grant", "audience is invalid"): (
+        "The aud claim does not match the org: use https://test.salesforce.com for a sandbox "
+        "(--sandbox), https://login.salesforce.com for production, or the My Domain URL for an "
+        "External Client App (--audience)."
+    ),
+    ("invalid_grant", "invalid assertion"): (
+        "The signature did not verify: the private key does not belong to the certificate uploaded to "
+        "the Connected App ('Use digital signatures'). Check the pair with "
+        "'sf-jwt assertion ... | sf-jwt decode - --cert CERT_FILE'."
+    ),
+    ("invalid_grant", "expired authorization code"): (
+        "Salesforce found exp in the past: this host's clock is probably wrong, so synchronise it "
+        "(NTP). sf_jwt computes exp in UTC, so the time zone does not matter."
+    ),
+    ("invalid_grant", "login rate exceeded"): (
+        "Too many logins for this user (about 3,600 an hour): reuse the access token until an API call "
+        "answers HTTP 401 instead of logging in for every request."
+    ),
+    ("invalid_grant", "inactive user"): "The user is deactivated: activate it or use another user.",
+    ("invalid_client_id", ""): (
+        "The iss claim is not a known consumer key: copy the consumer key from the Connected App "
+        "(Manage Consumer Details), check that the app belongs to this org, and allow about 10 minutes "
+        "after creating an app."
+    ),
+    ("invalid_client", ""): (
+        "Salesforce could not read the assertion: each part must be base64url without '=' padding and "
+        "the header must say RS256. An assertion built by sf_jwt has this form, so check assertions "
+        "built elsewhere, and any proxy that rewrites requests."
+    ),
+    ("invalid_app_access", ""): (
+        "The user may not use this Connected App: add the user's profile or a permission set to the app."
+    ),
+    ("app_not_found", ""): (
+        "An External Client App needs the org's My Domain URL as both the login URL and the audience: "
+        "pass --login-url https://MYDOMAIN.my.salesforce.com --audience https://MYDOMAIN.my.salesforce.com."
+    ),
+    ("unsupported_grant_type", ""): (
+        "The token endpoint did not receive a form-encoded jwt-bearer grant: check that the login URL "
+        "points at Salesforce and that no proxy rewrites the request."
+    ),
+}
+
+
+def _is_loopback_host(host: str) -> bool:
+    """Tell whether a host is localhost, 127.0.0.0/8 or ::1."""
+    import ipaddress
+
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _checked_endpoint_url(name: str, url: typing.Any) -> str:
+    """Require https, or http to a loopback host (test servers only)."""
+    from urllib.parse import urlsplit
+
+    url = _checked_text(name, url)
+    parts = urlsplit(url)
+    try:
+        host = parts.hostname
+        parts.port
+    except ValueError:
+        host = None
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not host:
+        raise ConfigurationError("{} must be an https URL such as https://login.salesforce.com, got {!r}".format(name, url))
+    if scheme == "http" and not _is_loopback_host(host):
+        raise ConfigurationError(
+            "{} uses plain http, which would send the assertion unencrypted: use https:// "
+            "(http is accepted only for loopback test servers), got {!r}".format(name, url)
+        )
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ConfigurationError("{} must not contain a query, fragment or user name, got {!r}".format(name, url))
+    return url
+
+
+def _response_url_is_safe(url: typing.Any) -> bool:
+    """Tell whether a URL from the token response may be used later: https, or loopback http."""
+    try:
+        _checked_endpoint_url("url", url)
+    except ConfigurationError:
+        return False
+    return True
+
+
+def _ssl_context(ca_file: typing.Optional[str]) -> typing.Any:
+    """Create a verifying TLS context with TLS 1.2 or newer, trusting ca_file if given."""
+    import ssl
+
+    if ca_file is not None:
+        ca_file = os.fspath(ca_file)
+        if not os.path.isfile(ca_file):
+            raise ConfigurationError("CA file not found: {}".format(ca_file))
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (ssl.SSLError, OSError, ValueError) as error:
+        raise ConfigurationError(
+            "cannot load the CA file {}: it must contain PEM certificates "
+            "(-----BEGIN CERTIFICATE-----) ({})".format(ca_file, error)
+        ) from None
+
+    if hasattr(ssl, "TLSVersion"):
+        if context.minimum_version < ssl.TLSVersion.TLSv1_2:
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+    else:
+        # Python 3.6 has no ssl.TLSVersion: disable the older versions by flag.
+        context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
+    return context
+
+
+def _post_form(
+    url: str, fields: typing.Dict[str, str], timeout: float, context: typing.Any
+) -> typing.Tuple[int, typing.Any, bytes]:
+    """POST a form and return the status, headers and body of whatever HTTP answer came.
+
+    Redirects are returned, not followed, so the form goes only to ``url``.
+    """
+    import http.client
+    import ssl
+    import urllib.request
+    from urllib.error import HTTPError, URLError
+    from urllib.parse import urlencode
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), NoRedirect())
+    request = urllib.request.Request(
+        url,
+        data=urlencode(fields).encode("ascii"),
+        method="POST",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+            "User-Agent": _USER_AGENT,
+        },
+    )
+    try:
+        try:
+            response = opener.open(request, timeout=timeout)
+        except HTTPError as error:
+            response = error
+        with response:
+            return response.getcode(), response.headers, _read_capped(response, url)
+    except (URLError, OSError, http.client.HTTPException, ssl.CertificateError) as error:
+        raise _transport_error(error, url, timeout) from error
+
+
+def _read_capped(response: typing.Any, url: str) -> bytes:
+    """Read at most 1 MiB of a response body."""
+    body = response.read(_MAX_RESPONSE_BYTES + 1)
+    if len(body) > _MAX_RESPONSE_BYTES:
+        raise TransportError(
+            "the answer from {} is larger than 1 MiB, so it is not a token response: check the "
+            "login URL".format(_host_of(url))
+        )
+    return body
+
+
+def _host_of(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc or url
+
+
+def _transport_error(error: BaseException, url: str, timeout: float) -> TransportError:
+    """Describe a failure that left no HTTP answer, and whether a retry may help."""
+    import http.client
+    import socket
+    import ssl
+
+    reason = getattr(error, "reason", error)
+    host = _host_of(url)
+    verification_error = getattr(ssl, "SSLCertVerificationError", ssl.CertificateError)  # Python 3.6 lacks it
+
+    if isinstance(reason, socket.timeout) or "timed out" in str(reason):
+        return TransportError(
+            "no answer from {} within {} s (timed out): check the network path and proxy settings, "
+            "or raise --timeout".format(host, timeout), retryable=True
+        )
+    if isinstance(reason, (verification_error, ssl.CertificateError)) or "CERTIFICATE_VERIFY_FAILED" in str(reason):
+        detail = getattr(reason, "verify_message", None) or str(reason)
+        return TransportError(
+            "TLS certificate verification failed for {}: {}. If a proxy or a company CA re-signs TLS "
+            "traffic, pass its CA bundle with --ca-file (ca_file= in Python)".format(host, detail)
+        )
+    if isinstance(reason, ssl.SSLError):
+        return TransportError("the TLS handshake with {} failed: {}".format(host, reason))
+    if isinstance(reason, socket.gaierror):
+        return TransportError("cannot resolve the host name in {}: check the login URL and DNS".format(url))
+    if isinstance(reason, ConnectionRefusedError):
+        return TransportError("connection refused by {}: check the login URL and port".format(host), retryable=True)
+    if isinstance(reason, (ConnectionError, http.client.IncompleteRead)):
+        return TransportError(
+            "the connection to {} closed before a complete answer arrived ({})".format(host, type(reason).__name__),
+            retryable=True,
+        )
+    if isinstance(reason, http.client.HTTPException):
+        return TransportError("the answer from {} is not valid HTTP ({})".format(host, type(reason).__name__))
+    return TransportError("network error talking to {}: {}".format(host, reason))
+
+
+def _json_object(body: bytes) -> typing.Optional[typing.Dict[str, typing.Any]]:
+    """Parse a JSON object, or return None for anything else."""
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _describe_body(headers: typing.Any, body: bytes) -> str:
+    """Name what a non-JSON answer was, for example 'an HTML page titled "Maintenance"'."""
+    content_type = (headers.get("Content-Type") or "no content type").split(";")[0].strip()
+    if not body:
+        return "an empty body"
+    title = re.search(rb"<title[^>]*>([^<]{1,200})</title>", body[:65536], re.IGNORECASE)
+    if title:
+        text = " ".join(title.group(1).decode("utf-8", "replace").split())
+        return 'an HTML page titled "{}"'.format(text[:100])
+    return "{} bytes of {}".format(len(body), content_type)
+
+
+def _clean_server_text(value: typing.Any) -> str:
+    """Make a server-sent string safe to print: no control characters, at most 300 characters."""
+    text = value if isinstance(value, str) else ""
+    text = "".join(character if character.isprintable() else " " for character in text).strip()
+    return text[:300]
+
+
+def _authentication_error(status: int, data: typing.Dict[str, typing.Any]) -> AuthenticationError:
+    error = _clean_server_text(data.get("error"))
+    description = _clean_server_text(data.get("error_description"))
+    hint = _ERROR_HINTS.get((error, description.lower())) or _ERROR_HINTS.get((error, ""), "")
+    return AuthenticationError(status, error, description, hint)
+
+
+def _token_from_response(status: int, headers: typing.Any, body: bytes, url: str) -> Token:
+    """Turn the token endpoint's answer into a Token or the matching error."""
+    host = _host_of(url)
+    if 300 <= status < 400:
+        location_host = _host_of(headers.get("Location") or "") or "an unnamed location"
+        raise TransportError(
+            "the token endpoint {} answered HTTP {} (a redirect to {}); redirects are not followed, "
+            "so the assertion goes only to the host you named: if you trust {}, use it as the "
+            "login URL".format(host, status, location_host, location_host),
+            status=status,
+        )
+
+    data = _json_object(body)
+    if 200 <= status < 300 and data is not None:
+        return _token_from_json(data, host)
+    if data is not None and isinstance(data.get("error"), str):
+        raise _authentication_error(status, data)
+
+    what = _describe_body(headers, body)
+    if 200 <= status < 300:
+        raise TransportError(
+            "the token endpoint {} answered HTTP {} with {} instead of JSON: a proxy, a captive portal "
+            "or a wrong login URL may have answered".format(host, status, what), status=status
+        )
+    retryable = status in (429, 502, 503, 504)
+    advice = "Salesforce or a proxy failed or is in maintenance; try again later" if retryable or status >= 500 \
+        else "check the login URL and any proxy in between"
+    raise TransportError(
+        "the token endpoint {} answered HTTP {} with {}: {}".format(host, status, what, advice),
+        retryable=retryable,
+        status=status,
+    )
+
+
+def _token_from_json(data: typing.Dict[str, typing.Any], host: str) -> Token:
+    """Check the fields of a successful answer and build the Token."""
+    access_token = data.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        raise TransportError(
+            "the answer from {} has no access_token (fields: {}): it is not a Salesforce token "
+            "response".format(host, ", ".join(sorted(str(name) for name in data)[:20]) or "none"),
+            status=200,
+        )
+    for field in ("instance_url", "id"):
+        value = data.get(field)
+        if (field == "instance_url" or value is not None) and not _response_url_is_safe(value):
+            raise TransportError(
+                "the answer from {} has an {} that is not an https URL ({!r}); it is not used, so the "
+                "token is never sent there".format(host, field, _clean_server_text(value)[:100]),
+                status=200,
+            )
+
+    optional = {name: data.get(name) if isinstance(data.get(name), str) else None for name in ("token_type", "scope")}
+    return Token(
+        access_token=access_token,
+        instance_url=data["instance_url"].rstrip("/"),
+        id=data.get("id"),
+        token_type=optional["token_type"],
+        scope=optional["scope"],
+        issued_at=_parse_issued_at(data.get("issued_at")),
+        raw=data,
+    )
+
+
+def _parse_issued_at(value: typing.Any) -> typing.Optional[datetime.datetime]:
+    """Convert Salesforce's issued_at (milliseconds since the epoch, as a string) to UTC."""
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or not str(value).isdigit():
+        return None
+    try:
+        return datetime.datetime.fromtimestamp(int(value) / 1000, tz=datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def request_token(
+    assertion: str,
+    token_url: str,
+    timeout: float = _DEFAULT_TIMEOUT,
+    ca_file: typing.Optional[str] = None,
+    ssl_context: typing.Any = None,
+) -> Token:
+    """POST a signed assertion to the token endpoint (RFC 7523 section 2.1).
+
+    Args:
+        assertion: The compact JWS from create_assertion.
+        token_url: For example https://login.salesforce.com/services/oauth2/token.
+            Plain http is rejected before anything is sent, except to loopback
+            hosts (test servers).
+        timeout: Seconds to wait to connect and for each read.
+        ca_file: A PEM bundle of CA certificates to trust instead of the
+            system store, for example a company proxy's CA.
+        ssl_context: An ``ssl.SSLContext`` to use as it is; overrides ca_file.
+
+    Returns:
+        The Token.
+
+    Raises:
+        AuthenticationError: Salesforce answered with an OAuth error.
+        TransportError: No usable answer; ``retryable`` says whether to try again.
+        ConfigurationError: An argument is invalid.
+    """
+    token_url = _checked_endpoint_url("token_url", token_url)
+    _check_assertion_shape(assertion)
+    timeout = _checked_timeout(timeout)
+    context = ssl_context if ssl_context is not None else _ssl_context(ca_file)
+
+    started = time.monotonic()
+    _logger.debug("POST %s (timeout %s s)", token_url, timeout)
+    status, headers, body = _post_form(token_url, {"grant_type": _GRANT_TYPE, "assertion": assertion}, timeout, context)
+    _logger.debug("HTTP %d from %s in %.0f ms", status, token_url, (time.monotonic() - started) * 1000)
+
+    return _token_from_response(status, headers, body, token_url)
+
+
+def _check_assertion_shape(assertion: typing.Any) -> None:
+    segments = assertion.split(".") if isinstance(assertion, str) else []
+    if len(segments) != 3 or not all(segment and _BASE64URL_ALPHABET.match(segment.encode("ascii", "replace"))
+                                     for segment in segments):
+        raise ConfigurationError("assertion must be a compact JWS: three base64url parts joined by '.'")
+
+
+def _checked_timeout(timeout: typing.Any) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+        raise ConfigurationError("timeout must be seconds from 0 to 3600 (not 0), got {!r}".format(timeout))
+    return timeout
+
+
+def _normalized_login_url(login_url: typing.Any) -> str:
+    """Check the login URL and drop a trailing slash or token path."""
+    from urllib.parse import urlsplit
+
+    url = _checked_endpoint_url("login_url", login_url).rstrip("/")
+    if url.endswith(_TOKEN_PATH):
+        url = url[: -len(_TOKEN_PATH)]
+
+    host = urlsplit(url).hostname or ""
+    if host.endswith(".lightning.force.com"):
+        my_domain = host[: -len(".lightning.force.com")] + ".my.salesforce.com"
+        raise ConfigurationError(
+            "login_url {} is a Lightning host, which does not serve logins: use https://{} "
+            "or https://login.salesforce.com (https://test.salesforce.com for a sandbox)".format(url, my_domain)
+        )
+    return url
+
+
+def _default_audience(login_url: str) -> str:
+    """Pick the audience for a login URL: login or test, by what the host looks like."""
+    from urllib.parse import urlsplit
+
+    if login_url.lower() in (_PRODUCTION_LOGIN_URL, _SANDBOX_LOGIN_URL):
+        return login_url.lower()
+    host = (urlsplit(login_url).hostname or "").rstrip(".")
+    sandbox = (
+        host.endswith(".sandbox.my.salesforce.com")
+        or host.endswith(".scratch.my.salesforce.com")
+        or (host.endswith(".my.salesforce.com") and "--" in host)
+    )
+    return _SANDBOX_LOGIN_URL if sandbox else _PRODUCTION_LOGIN_URL
+
+
+def get_token(
+    client_id: str,
+    username: str,
+    private_key: typing.Any,
+    login_url: str = _PRODUCTION_LOGIN_URL,
+    audience: typing.Optional[str] = None,
+    lifetime: int = _DEFAULT_LIFETIME,
+    timeout: float = _DEFAULT_TIMEOUT,
+    ca_file: typing.Optional[str] = None,
+) -> Token:
+    """Log in with the JWT bearer flow and return the access token.
+
+    Args:
+        client_id: The Connected App's consumer key.
+        username: The Salesforce username to log in as.
+        private_key: A SigningKey or anything load_private_key takes.
+        login_url: Where to send the token request: https://login.salesforce.com,
+            https://test.salesforce.com, or the org's My Domain URL.
+        audience: The ``aud`` claim. If None: the login URL itself when it is
+            login or test, https://test.salesforce.com for sandbox and scratch
+            My Domain hosts, otherwise https://login.salesforce.com.
+        lifetime: Seconds until the assertion expires.
+        timeout: Seconds to wait to connect and for each read.
+        ca_file: A PEM bundle of CA certificates to trust instead of the system store.
+
+    Returns:
+        The Token.
+
+    Raises:
+        InvalidKeyError: The private key cannot be used.
+        ConfigurationError: Another argument is invalid; nothing was sent.
+        AuthenticationError: Salesforce rejected the login; ``hint`` says why.
+        TransportError: No usable answer; ``retryable`` says whether to try again.
+    """
+    login_url = _normalized_login_url(login_url)
+    if audience is None:
+        audience = _default_audience(login_url)
+    key = _as_signing_key(private_key)
+    context = _ssl_context(ca_file)
+
+    assertion = create_assertion(client_id, username, key, audience=audience, lifetime=lifetime)
+
+    return request_token(assertion, login_url + _TOKEN_PATH, timeout=timeout, ssl_context=context)
+
+
+# --- Reading JWTs and certificates, for the decode command --------------------
+
+
+def _decode_jwt(
+    jwt: str,
+) -> typing.Tuple[typing.Dict[str, typing.Any], typing.Dict[str, typing.Any], bytes, bytes]:
+    """Split a compact JWS into header, claims, signing input and signature, without verifying."""
+    segments = jwt.strip().split(".")
+    if len(segments) != 3:
+        raise DecodeError("a JWT has three parts separated by '.', this text has {}".format(len(segments)))
+
+    parts = []
+    for name, segment in zip(("header", "claims"), segments):
+        value = _json_object(base64url_decode(segment))
+        if value is None:
+            raise DecodeError("the JWT {} is not a JSON object".format(name))
+        parts.append(value)
+    signature = base64url_decode(segments[2])
+
+    signing_input = "{}.{}".format(segments[0], segments[1]).encode("ascii")
+    return parts[0], parts[1], signing_input, signature
+
+
+def _certificate_public_numbers(path: str) -> typing.Tuple[int, int]:
+    """Read the RSA public key (n, e) from an X.509 certificate file, PEM or DER."""
+    data = _read_small_file(path, "certificate file", ConfigurationError)
+    origin = _KeyOrigin("the certificate file {}".format(path), path)
+    text = _decode_text(data)
+    if text is not None and "-----BEGIN" in text:
+        blocks = [block for block in _pem_blocks(text, origin) if block.label.endswith("CERTIFICATE")]
+        if not blocks:
+            raise ConfigurationError("{} contains no -----BEGIN CERTIFICATE----- block".format(path))
+        data = _pem_block_der(blocks[0], origin)
+
+    try:
+        return _rsa_public_numbers_from_certificate(data)
+    except _DERError as error:
+        raise ConfigurationError("{} is not an X.509 certificate with an RSA key ({})".format(path, error)) from None
+
+
+def _rsa_public_numbers_from_certificate(der: bytes) -> typing.Tuple[int, int]:
+    """Find the SubjectPublicKeyInfo in a certificate (RFC 5280 section 4.1) and decode it."""
+    items = _der_sequence(der)
+    if len(items) != 3 or items[0][0] != _TAG_SEQUENCE:
+        raise _DERError("not a certificate")
+    fields = _der_children(items[0][1], 0, len(items[0][1]))
+    if fields and fields[0][0] == _TAG_CONTEXT_0:
+        fields = fields[1:]
+    if len(fields) < 6 or fields[5][0] != _TAG_SEQUENCE:
+        raise _DERError("no SubjectPublicKeyInfo")
+
+    algorithm, public_key = _der_children(fields[5][1], 0, len(fields[5][1]))[:2]
+    oid = _der_oid(_der_children(algorithm[1], 0, len(algorithm[1]))[0])
+    if oid != _OID_RSA_ENCRYPTION:
+        raise _DERError("the key is {}, not RSA".format(_OID_NAMES.get(oid, oid)))
+    if public_key[0] != _TAG_BIT_STRING or public_key[1][:1] != b"\x00":
+        raise _DERError("malformed public key BIT STRING")
+
+    numbers = _der_sequence(public_key[1][1:])
+    if len(numbers) != 2:
+        raise _DERError("malformed RSAPublicKey")
+    return _der_integer(numbers[0]), _der_integer(numbers[1])
+
+
+# --- Command line -----------------------------------------------------------
+
+_EXIT_OK = 0
+_EXIT_REJECTED = 1  # Salesforce rejected the login, or decode found a bad signature
+_EXIT_USAGE = 2  # a missing option or bad input, such as an unusable key file
+_EXIT_TRANSPORT = 3  # network, TLS or server failure
+_EXIT_INTERNAL = 70  # a bug in sf_jwt (EX_SOFTWARE of sysexits.h)
+
+
+def _build_parser() -> typing.Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="sf-jwt",
+        description="Log in to Salesforce with the OAuth 2.0 JWT bearer flow.",
+        epilog="Exit codes: 0 success, 1 rejected by Salesforce (or a signature that does not verify), "
+        "2 bad usage or input, 3 network, TLS or server failure.",
+    )
+    parser.add_argument("--version", action="version", version=_version_text())
+    verbose = {"action": "store_true", "help": "log each step to stderr (never secrets)"}
+    parser.add_argument("-v", "--verbose", **verbose)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True  # Python 3.6 has no required= argument for add_subparsers
+
+    token = commands.add_parser("token", help="log in and print the access token")
+    _add_login_arguments(token)
+    token.add_argument("--ca-file", metavar="FILE", help="PEM bundle of CA certificates to trust instead of the system store")
+    token.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help="seconds to wait to connect and for each read (default: %(default)s)")
+    token.add_argument("--format", choices=("json", "env", "token"), default="json",
+                       help="json: the token fields; env: shell-quoted SF_ACCESS_TOKEN and SF_INSTANCE_URL "
+                       "lines; token: the bare access token (default: json)")
+    token.set_defaults(run=_run_token)
+
+    assertion = commands.add_parser("assertion", help="print a signed assertion (no network)")
+    _add_login_arguments(assertion)
+    assertion.set_defaults(run=_run_assertion)
+
+    decode = commands.add_parser("decode", help="print the header and claims of a JWT and check its signature")
+    decode.add_argument("jwt", metavar="JWT", help="the JWT, or - to read it from stdin")
+    check = decode.add_mutually_exclusive_group()
+    check.add_argument("--cert", metavar="FILE", help="verify the signature with this X.509 certificate")
+    check.add_argument("--jwt-key-file", "-f", metavar="FILE", help="verify the signature with this private key")
+    decode.set_defaults(run=_run_decode)
+
+    for subparser in (token, assertion, decode):
+        subparser.add_argument("-v", "--verbose", default=argparse.SUPPRESS, **verbose)
+    return parser
+
+
+def _add_login_arguments(parser: typing.Any) -> None:
+    parser.add_argument("--client-id", "-i", metavar="KEY", help="Connected App consumer key [SF_CLIENT_ID]")
+    parser.add_argument("--username", "-o", metavar="USER", help="Salesforce username [SF_USERNAME]")
+    parser.add_argument("--jwt-key-file", "-f", metavar="FILE",
+                        help="private key file, PEM or DER [SF_JWT_KEY_FILE, or the key itself in SF_JWT_KEY]")
+    parser.add_argument("--login-url", "--instance-url", "-r", metavar="URL",
+                        help="login host or My Domain URL [SF_LOGIN_URL] (default: https://login.salesforce.com)")
+    parser.add_argument("--sandbox", action="store_true", help="log in to a sandbox: https://test.salesforce.com")
+    parser.add_argument("--audience", metavar="URL",
+                        help="aud claim, when it differs from what the login URL implies [SF_AUDIENCE_URL]")
+
+
+def _version_text() -> str:
+    return "sf-jwt {} (rsa {}, Python {})".format(__version__, rsa.__version__, sys.version.split()[0])
+
+
+def _login_settings(args: typing.Any, environ: typing.Mapping[str, str]) -> typing.Dict[str, typing.Any]:
+    """Combine options and environment variables; options win."""
+    def setting(option: typing.Optional[str], variable: str) -> typing.Optional[str]:
+        return option if option else (environ.get(variable) or None)
+
+    if args.sandbox and args.login_url:
+        raise ConfigurationError("pass either --sandbox or --login-url, not both")
+    login_url = _SANDBOX_LOGIN_URL if args.sandbox else setting(args.login_url, "SF_LOGIN_URL")
+
+    key = setting(args.jwt_key_file, "SF_JWT_KEY_FILE")  # type: typing.Any
+    if key is None and environ.get("SF_JWT_KEY"):
+        key = environ["SF_JWT_KEY"].encode("utf-8")
+        _logger.debug("using the private key from SF_JWT_KEY")
+
+    settings = {
+        "client_id": setting(args.client_id, "SF_CLIENT_ID"),
+        "username": setting(args.username, "SF_USERNAME"),
+        "private_key": key,
+        "login_url": _normalized_login_url(login_url or _PRODUCTION_LOGIN_URL),
+        "audience": setting(args.audience, "SF_AUDIENCE_URL"),
+    }
+    missing = [
+        description
+        for name, description in (
+            ("client_id", "--client-id or SF_CLIENT_ID (the Connected App's consumer key)"),
+            ("username", "--username or SF_USERNAME (the Salesforce username)"),
+            ("private_key", "--jwt-key-file, SF_JWT_KEY_FILE or SF_JWT_KEY (the private key)"),
+        )
+        if not settings[name]
+    ]
+    if missing:
+        raise ConfigurationError("missing: " + "; ".join(missing))
+    return settings
+
+
+def _run_token(args: typing.Any) -> int:
+    import shlex
+
+    settings = _login_settings(args, os.environ)
+    token = get_token(timeout=args.timeout, ca_file=args.ca_file, **settings)
+
+    if args.format == "token":
+        print(token.access_token)
+    elif args.format == "env":
+        print("SF_ACCESS_TOKEN={}".format(shlex.quote(token.access_token)))
+        print("SF_INSTANCE_URL={}".format(shlex.quote(token.instance_url)))
+    else:
+        fields = {name: getattr(token, name) for name in ("access_token", "instance_url", "id", "token_type", "scope")}
+        fields["issued_at"] = token.issued_at.isoformat() if token.issued_at else None
+        print(json.dumps(fields, indent=2))
+    return _EXIT_OK
+
+
+def _run_assertion(args: typing.Any) -> int:
+    settings = _login_settings(args, os.environ)
+    audience = settings["audience"] or _default_audience(settings["login_url"])
+    print(create_assertion(settings["client_id"], settings["username"], settings["private_key"], audience=audience))
+    return _EXIT_OK
+
+
+def _run_decode(args: typing.Any) -> int:
+    jwt = sys.stdin.read(_MAX_KEY_FILE_BYTES) if args.jwt == "-" else args.jwt
+    header, claims, signing_input, signature = _decode_jwt(jwt)
+
+    result = {"header": header, "claims": claims}  # type: typing.Dict[str, typing.Any]
+    exp = claims.get("exp")
+    if isinstance(exp, int) and not isinstance(exp, bool) and 0 <= exp < 2 ** 37:
+        expires_at = datetime.datetime.fromtimestamp(exp, tz=datetime.timezone.utc)
+        result["expires_at"] = expires_at.isoformat()
+        result["seconds_left"] = exp - int(time.time())
+
+    numbers = None
+    if args.cert:
+        numbers = _certificate_public_numbers(args.cert)
+    elif args.jwt_key_file:
+        numbers = load_private_key(args.jwt_key_file).public_numbers
+    valid = numbers is not None and header.get("alg") == "RS256" and _verify_rs256(signing_input, signature, *numbers)
+    result["signature"] = "not checked" if numbers is None else ("valid" if valid else "invalid")
+    print(json.dumps(result, indent=2))
+
+    if numbers is not None and not valid:
+        _print_error(
+            "the signature does not verify with {}: the JWT was signed with another key or altered "
+            "(Salesforce would answer invalid_grant: invalid assertion)".format(args.cert or args.jwt_key_file)
+        )
+        return _EXIT_REJECTED
+    return _EXIT_OK
+
+
+def _print_error(message: typing.Any) -> None:
+    print("sf-jwt: error: {}".format(message), file=sys.stderr)
+
+
+def main(argv: typing.Optional[typing.List[str]] = None) -> int:
+    """Run the sf-jwt command line and return its exit code."""
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="sf-jwt: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.run(args)
+    except AuthenticationError as error:
+        _print_error(error)
+        return _EXIT_REJECTED
+    except TransportError as error:
+        _print_error(error)
+        return _EXIT_TRANSPORT
+    except SalesforceJWTError as error:
+        _print_error(error)
+        return _EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # a bug: say so in one line instead of a traceback
+        _logger.debug("internal error", exc_info=True)
+        _print_error("internal error ({}); please report it, with the output of -v".format(type(error).__name__))
+        return _EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
