@@ -488,16 +488,22 @@ def _read_small_file(path: str, what: str, error_class: typing.Type[Configuratio
         with open(path, "rb") as small_file:
             data = small_file.read(_MAX_KEY_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise error_class("{} not found: {} (check the path and the working directory)".format(what, path)) from None
+        raise error_class(
+            "{} not found: {} (check the path and the working directory)".format(what, path)
+        ) from None
     except IsADirectoryError:
         raise error_class("{} is a directory, not a {}".format(path, what)) from None
     except PermissionError:
-        raise error_class("permission denied reading the {} {}: run as a user who can read it".format(what, path)) from None
+        raise error_class(
+            "permission denied reading the {} {}: run as a user who can read it".format(what, path)
+        ) from None
     except OSError as error:
         raise error_class("cannot read the {} {}: {}".format(what, path, error.strerror or error)) from None
 
     if len(data) > _MAX_KEY_FILE_BYTES:
-        raise error_class("{} is larger than 1 MiB, so it is not a {} (a 4096-bit key is about 3 KB)".format(path, what))
+        raise error_class(
+            "{} is larger than 1 MiB, so it is not a {} (a 4096-bit key is about 3 KB)".format(path, what)
+        )
     return data
 
 
@@ -775,13 +781,14 @@ def _key_from_pkcs1(items: typing.List[typing.Tuple[int, bytes]], origin: _KeyOr
 
 
 def _checked_rsa_key(
-    n: int, e: int, d: int, p: int, q: int, origin: _KeyOrigin = _KeyOrigin("the key", None)
+    n: int, e: int, d: int, p: int, q: int, origin: typing.Optional[_KeyOrigin] = None
 ) -> rsa.PrivateKey:
     """Check that the numbers form an RSA key, then build the ``rsa.PrivateKey``.
 
     The primality of p and q is not tested: that costs more than a login, and
     n = p * q with e * d = 1 mod lcm(p - 1, q - 1) already catches corruption.
     """
+    origin = origin or _KeyOrigin("the key", None)
     bits = n.bit_length()
     problem = None
     if bits < _MIN_KEY_BITS or bits > _MAX_KEY_BITS:
@@ -1090,12 +1097,14 @@ def _checked_endpoint_url(name: str, url: typing.Any) -> str:
     parts = urlsplit(url)
     try:
         host = parts.hostname
-        parts.port
-    except ValueError:
-        host = None
+        port_is_valid = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number from 0 to 65535
+        host, port_is_valid = None, False
     scheme = parts.scheme.lower()
-    if scheme not in ("https", "http") or not host:
-        raise ConfigurationError("{} must be an https URL such as https://login.salesforce.com, got {!r}".format(name, url))
+    if scheme not in ("https", "http") or not host or not port_is_valid:
+        raise ConfigurationError(
+            "{} must be an https URL such as https://login.salesforce.com, got {!r}".format(name, url)
+        )
     if scheme == "http" and not _is_loopback_host(host):
         raise ConfigurationError(
             "{} uses plain http, which would send the assertion unencrypted: use https:// "
@@ -1556,14 +1565,15 @@ def _build_parser() -> typing.Any:
         "2 bad usage or input, 3 network, TLS or server failure.",
     )
     parser.add_argument("--version", action="version", version=_version_text())
-    verbose = {"action": "store_true", "help": "log each step to stderr (never secrets)"}
+    verbose = {"action": "store_true", "help": "log each step to stderr (never secrets)"}  # type: typing.Dict[str, typing.Any]
     parser.add_argument("-v", "--verbose", **verbose)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True  # Python 3.6 has no required= argument for add_subparsers
 
     token = commands.add_parser("token", help="log in and print the access token")
     _add_login_arguments(token)
-    token.add_argument("--ca-file", metavar="FILE", help="PEM bundle of CA certificates to trust instead of the system store")
+    token.add_argument("--ca-file", metavar="FILE",
+                       help="PEM bundle of CA certificates to trust instead of the system store")
     token.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT, metavar="SECONDS",
                        help="seconds to wait to connect and for each read (default: %(default)s)")
     token.add_argument("--format", choices=("json", "env", "token"), default="json",
