@@ -60,12 +60,14 @@ it again when an API call answers HTTP 401 (INVALID_SESSION_ID).
 
 import base64
 import binascii
+import contextlib
 import datetime
 import hashlib
 import json
 import logging
 import math
 import os
+import random
 import re
 import sys
 import time
@@ -82,7 +84,9 @@ __all__ = [
     "InvalidKeyError",
     "SalesforceJWTError",
     "SigningKey",
+    "Response",
     "Token",
+    "TokenProvider",
     "TransportError",
     "base64url_decode",
     "base64url_encode",
@@ -108,6 +112,18 @@ _GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _DEFAULT_LIFETIME = 180
 _MAX_LIFETIME = 300
 _DEFAULT_TIMEOUT = 30
+
+# Retries of transient failures: attempts, total time, and the backoff
+# (full jitter: a random wait from 0 to base * 2**(attempt - 1), at most the cap).
+_DEFAULT_MAX_ATTEMPTS = 3
+_DEFAULT_DEADLINE = 60
+_RETRY_BASE_WAIT = 0.5
+_MAX_RETRY_WAIT = 30.0
+
+# TokenProvider reuses a token this long by default: the shortest session
+# timeout a Salesforce admin can set is 15 minutes.
+_DEFAULT_MAX_AGE = 900
+_CACHE_FORMAT = "sf_jwt token cache 1"
 
 # A key file is a few kilobytes and a token response under one; these caps
 # keep a wrong file or a misbehaving server from filling memory.
@@ -180,12 +196,20 @@ class TransportError(SalesforceJWTError):
         retryable: True when the same request may succeed later (refused or
             reset connections, timeouts, HTTP 429, 502, 503 and 504).
         status: The HTTP status code, or None when no HTTP answer arrived.
+        retry_after: Seconds the server asked to wait (``Retry-After``), or None.
     """
 
-    def __init__(self, message: str, retryable: bool = False, status: typing.Optional[int] = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        retryable: bool = False,
+        status: typing.Optional[int] = None,
+        retry_after: typing.Optional[float] = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.retry_after = retry_after
 
 
 # --- base64url (RFC 4648 section 5) ----------------------------------------
@@ -1149,52 +1173,52 @@ def _ssl_context(ca_file: typing.Optional[str]) -> typing.Any:
     return context
 
 
-def _post_form(
-    url: str, fields: typing.Dict[str, str], timeout: float, context: typing.Any
+def _http_request(
+    method: str,
+    url: str,
+    body: typing.Optional[bytes],
+    headers: typing.Dict[str, str],
+    timeout: float,
+    context: typing.Any,
+    max_bytes: typing.Optional[int] = _MAX_RESPONSE_BYTES,
 ) -> typing.Tuple[int, typing.Any, bytes]:
-    """POST a form and return the status, headers and body of whatever HTTP answer came.
+    """Send one request and return the status, headers and body of whatever HTTP answer came.
 
-    Redirects are returned, not followed, so the form goes only to ``url``.
+    Redirects are returned, not followed, so the request goes only to ``url``.
+    Proxies from the environment apply, as in urllib.
     """
     import http.client
     import ssl
     import urllib.request
     from urllib.error import HTTPError, URLError
-    from urllib.parse import urlencode
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args: typing.Any, **kwargs: typing.Any) -> None:
             return None
 
     opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), NoRedirect())
-    request = urllib.request.Request(
-        url,
-        data=urlencode(fields).encode("ascii"),
-        method="POST",
-        headers={
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Accept": "application/json",
-            "User-Agent": _USER_AGENT,
-        },
-    )
+    all_headers = dict(headers, **{"User-Agent": _USER_AGENT})
+    request = urllib.request.Request(url, data=body, method=method, headers=all_headers)
     try:
         try:
             response = opener.open(request, timeout=timeout)
         except HTTPError as error:
             response = error
         with response:
-            return response.getcode(), response.headers, _read_capped(response, url)
+            return response.getcode(), response.headers, _read_capped(response, url, max_bytes)
     except (URLError, OSError, http.client.HTTPException, ssl.CertificateError) as error:
         raise _transport_error(error, url, timeout) from error
 
 
-def _read_capped(response: typing.Any, url: str) -> bytes:
-    """Read at most 1 MiB of a response body."""
-    body = response.read(_MAX_RESPONSE_BYTES + 1)
-    if len(body) > _MAX_RESPONSE_BYTES:
+def _read_capped(response: typing.Any, url: str, max_bytes: typing.Optional[int]) -> bytes:
+    """Read a response body, at most max_bytes when that is not None."""
+    if max_bytes is None:
+        return response.read()
+    body = response.read(max_bytes + 1)
+    if len(body) > max_bytes:
         raise TransportError(
-            "the answer from {} is larger than 1 MiB, so it is not a token response: check the "
-            "login URL".format(_host_of(url))
+            "the answer from {} is larger than {} bytes, so it is not a token response: check the "
+            "login URL".format(_host_of(url), max_bytes)
         )
     return body
 
@@ -1308,7 +1332,26 @@ def _token_from_response(status: int, headers: typing.Any, body: bytes, url: str
         "the token endpoint {} answered HTTP {} with {}: {}".format(host, status, what, advice),
         retryable=retryable,
         status=status,
+        retry_after=_parse_retry_after(headers.get("Retry-After")) if retryable else None,
     )
+
+
+def _parse_retry_after(value: typing.Optional[str]) -> typing.Optional[float]:
+    """Read a Retry-After header: seconds, or an HTTP date (RFC 9110 section 10.2.3)."""
+    import email.utils
+
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _token_from_json(data: typing.Dict[str, typing.Any], host: str) -> Token:
@@ -1385,7 +1428,11 @@ def request_token(
 
     started = time.monotonic()
     _logger.debug("POST %s (timeout %s s)", token_url, timeout)
-    status, headers, body = _post_form(token_url, {"grant_type": _GRANT_TYPE, "assertion": assertion}, timeout, context)
+    from urllib.parse import urlencode
+
+    form = urlencode({"grant_type": _GRANT_TYPE, "assertion": assertion}).encode("ascii")
+    form_headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+    status, headers, body = _http_request("POST", token_url, form, form_headers, timeout, context)
     _logger.debug("HTTP %d from %s in %.0f ms", status, token_url, (time.monotonic() - started) * 1000)
 
     return _token_from_response(status, headers, body, token_url)
@@ -1446,8 +1493,17 @@ def get_token(
     lifetime: int = _DEFAULT_LIFETIME,
     timeout: float = _DEFAULT_TIMEOUT,
     ca_file: typing.Optional[str] = None,
+    max_attempts: int = _DEFAULT_MAX_ATTEMPTS,
+    deadline: float = _DEFAULT_DEADLINE,
 ) -> Token:
     """Log in with the JWT bearer flow and return the access token.
+
+    Transient failures (refused or reset connections, timeouts, HTTP 429, 502,
+    503 and 504) are retried with exponential backoff and full jitter, each
+    attempt with a freshly signed assertion. OAuth errors are never retried,
+    with one exception: when ``audience`` is None and Salesforce answers
+    ``audience is invalid`` or ``app_not_found``, one more login is tried with
+    the other likely audience, and a warning names the one that worked.
 
     Args:
         client_id: The Connected App's consumer key.
@@ -1461,6 +1517,8 @@ def get_token(
         lifetime: Seconds until the assertion expires.
         timeout: Seconds to wait to connect and for each read.
         ca_file: A PEM bundle of CA certificates to trust instead of the system store.
+        max_attempts: Token requests to try at most for transient failures.
+        deadline: Seconds for all attempts together, waits included.
 
     Returns:
         The Token.
@@ -1469,17 +1527,491 @@ def get_token(
         InvalidKeyError: The private key cannot be used.
         ConfigurationError: Another argument is invalid; nothing was sent.
         AuthenticationError: Salesforce rejected the login; ``hint`` says why.
-        TransportError: No usable answer; ``retryable`` says whether to try again.
+        TransportError: No usable answer within the attempts and the deadline.
     """
-    login_url = _normalized_login_url(login_url)
-    if audience is None:
-        audience = _default_audience(login_url)
-    key = _as_signing_key(private_key)
-    context = _ssl_context(ca_file)
+    login = _Login(
+        client_id, username, private_key, login_url, audience, lifetime, timeout, ca_file, max_attempts, deadline
+    )
+    return login.log_in()
 
-    assertion = create_assertion(client_id, username, key, audience=audience, lifetime=lifetime)
 
-    return request_token(assertion, login_url + _TOKEN_PATH, timeout=timeout, ssl_context=context)
+# --- Logging in: retries and the audience fallback ----------------------------
+
+
+class _Login(object):
+    """Checked login settings, and the login with retries and the audience fallback."""
+
+    def __init__(
+        self,
+        client_id: str,
+        username: str,
+        private_key: typing.Any,
+        login_url: str,
+        audience: typing.Optional[str],
+        lifetime: int,
+        timeout: float,
+        ca_file: typing.Optional[str],
+        max_attempts: int,
+        deadline: float,
+    ) -> None:
+        self.login_url = _normalized_login_url(login_url)
+        self.token_url = self.login_url + _TOKEN_PATH
+        self.audience_is_explicit = audience is not None
+        self.audience = _checked_https_url("audience", audience) if audience is not None \
+            else _default_audience(self.login_url)
+
+        claims = build_claims(client_id, username, self.audience, lifetime)
+        self.client_id, self.username, self.lifetime = claims["iss"], claims["sub"], lifetime
+        self.key = _as_signing_key(private_key)
+
+        self.timeout = _checked_timeout(timeout)
+        self.context = _ssl_context(ca_file)
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts <= 10:
+            raise ConfigurationError("max_attempts must be a whole number from 1 to 10, got {!r}".format(max_attempts))
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= 3600:
+            raise ConfigurationError("deadline must be seconds from 0 to 3600 (not 0), got {!r}".format(deadline))
+        self.max_attempts, self.deadline = max_attempts, deadline
+
+    def log_in(self) -> Token:
+        """Log in once, retrying transient failures, with at most one audience fallback."""
+        give_up_at = time.monotonic() + self.deadline
+        try:
+            return self._log_in_with_retries(self.audience, give_up_at)
+        except AuthenticationError as error:
+            fallback = self._fallback_audience(error)
+            if fallback is None:
+                raise
+            rejected = self.audience
+            _logger.info("audience %s was rejected (%s); trying %s", rejected, error.error, fallback)
+            token = self._log_in_with_retries(fallback, give_up_at)
+
+        _logger.warning(
+            "logged in with audience %s after %s was rejected: set it explicitly (audience= in Python, "
+            "--audience or SF_AUDIENCE_URL on the command line) to skip the failed login",
+            fallback, rejected,
+        )
+        self.audience = fallback
+        return token
+
+    def _fallback_audience(self, error: AuthenticationError) -> typing.Optional[str]:
+        """Pick the audience to try after an audience rejection, or None."""
+        rejected = error.error_description.lower() == "audience is invalid" or error.error == "app_not_found"
+        if self.audience_is_explicit or not rejected:
+            return None
+        if self.login_url.lower() not in (_PRODUCTION_LOGIN_URL, _SANDBOX_LOGIN_URL):
+            fallback = self.login_url  # a My Domain URL, as External Client Apps require
+        elif self.audience == _PRODUCTION_LOGIN_URL:
+            fallback = _SANDBOX_LOGIN_URL
+        else:
+            fallback = _PRODUCTION_LOGIN_URL
+        return fallback if fallback != self.audience else None
+
+    def _log_in_with_retries(self, audience: str, give_up_at: float) -> Token:
+        """Request a token, retrying transient failures within the attempts and the deadline."""
+        attempt = 0
+        while True:
+            attempt += 1
+            assertion = create_assertion(self.client_id, self.username, self.key, audience, self.lifetime)
+            remaining = give_up_at - time.monotonic()
+            try:
+                return request_token(
+                    assertion, self.token_url, timeout=max(0.001, min(self.timeout, remaining)),
+                    ssl_context=self.context,
+                )
+            except TransportError as error:
+                wait = _retry_wait(error, attempt)
+                if not error.retryable or attempt >= self.max_attempts or time.monotonic() + wait >= give_up_at:
+                    raise
+                _logger.info(
+                    "token request failed (%s); retry %d of %d in %.1f s", error, attempt, self.max_attempts - 1, wait
+                )
+                time.sleep(wait)
+
+
+def _retry_wait(error: TransportError, attempt: int) -> float:
+    """Seconds to wait before the next attempt: Retry-After if given, else full-jitter backoff."""
+    if error.retry_after is not None:
+        return min(error.retry_after, _MAX_RETRY_WAIT)
+    return random.uniform(0, min(_MAX_RETRY_WAIT, _RETRY_BASE_WAIT * 2 ** (attempt - 1)))
+
+
+# --- Reusing tokens: TokenProvider and the shared cache file ------------------
+
+
+class Response(typing.NamedTuple("Response", [("status", int), ("headers", typing.Any), ("body", typing.Any)])):
+    """An answer of the REST API to TokenProvider.request.
+
+    Attributes:
+        status: The HTTP status code.
+        headers: The response headers, a case-insensitive ``http.client.HTTPMessage``.
+        body: The parsed JSON when the answer is JSON, bytes otherwise.
+    """
+
+    __slots__ = ()
+
+
+class _Flight(object):
+    """One login in progress, which the threads that arrive meanwhile wait for."""
+
+    __slots__ = ("done", "token", "error")
+
+    def __init__(self) -> None:
+        import threading
+
+        self.done = threading.Event()
+        self.token = None  # type: typing.Optional[Token]
+        self.error = None  # type: typing.Optional[BaseException]
+
+
+class TokenProvider(object):
+    """Log in once and reuse the token, across threads and, with cache_file, processes.
+
+    Salesforce limits logins (about 3,600 per user per hour) and sends no
+    expiry, so a token is reused for ``max_age`` seconds, and dropped earlier
+    when the REST API answers HTTP 401. When many threads ask at once, one logs
+    in and the others wait for its result or its error.
+
+    Args:
+        client_id, username, private_key, login_url, audience, lifetime,
+        timeout, ca_file, max_attempts, deadline: As for get_token.
+        max_age: Seconds to reuse a token before the next login. The default,
+            900, is the shortest session timeout an admin can set.
+        cache_file: A file in which processes of this host share tokens. It
+            holds access tokens (never the key or an assertion), is created with
+            mode 0600 and replaced atomically, and is locked while a process
+            logs in (not on Windows, where two processes may both log in).
+        clock: A function that returns the time in seconds since the epoch;
+            ``time.time`` if None. Tests pass their own.
+
+    Raises:
+        InvalidKeyError, ConfigurationError: As for get_token, at construction.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        username: str,
+        private_key: typing.Any,
+        login_url: str = _PRODUCTION_LOGIN_URL,
+        audience: typing.Optional[str] = None,
+        lifetime: int = _DEFAULT_LIFETIME,
+        timeout: float = _DEFAULT_TIMEOUT,
+        ca_file: typing.Optional[str] = None,
+        max_attempts: int = _DEFAULT_MAX_ATTEMPTS,
+        deadline: float = _DEFAULT_DEADLINE,
+        max_age: float = _DEFAULT_MAX_AGE,
+        cache_file: typing.Optional[str] = None,
+        clock: typing.Optional[typing.Callable[[], float]] = None,
+    ) -> None:
+        import threading
+
+        self._login = _Login(
+            client_id, username, private_key, login_url, audience, lifetime, timeout, ca_file, max_attempts, deadline
+        )
+        if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not 0 < max_age <= 86400:
+            raise ConfigurationError("max_age must be seconds from 0 to 86400 (not 0), got {!r}".format(max_age))
+        self.max_age = max_age
+        self._clock = clock or time.time
+        self._cache = None  # type: typing.Optional[_TokenCacheFile]
+        if cache_file is not None:
+            entry_id = "\n".join([self._login.login_url, self._login.client_id, self._login.username, audience or ""])
+            self._cache = _TokenCacheFile(os.fspath(cache_file), hashlib.sha256(entry_id.encode("utf-8")).hexdigest())
+
+        self._lock = threading.Lock()
+        self._token = None  # type: typing.Optional[Token]
+        self._obtained_at = 0.0
+        self._flight = None  # type: typing.Optional[_Flight]
+
+    def __repr__(self) -> str:
+        return "<TokenProvider {} at {}>".format(self._login.username, self._login.login_url)
+
+    def get(self) -> Token:
+        """Return the cached token while it is younger than max_age, or log in.
+
+        Raises:
+            AuthenticationError, TransportError: As for get_token.
+        """
+        with self._lock:
+            if self._token is not None and self._clock() - self._obtained_at < self.max_age:
+                return self._token
+            flight = self._flight
+            leader = flight is None
+            if flight is None:
+                flight = self._flight = _Flight()
+
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return typing.cast(Token, flight.token)
+
+        try:
+            token, obtained_at = self._fetch()
+            flight.token = token
+            with self._lock:
+                self._token, self._obtained_at = token, obtained_at
+            return token
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            with self._lock:
+                self._flight = None
+            flight.done.set()
+
+    def _fetch(self) -> typing.Tuple[Token, float]:
+        """Take a fresh token from the cache file, or log in and store it there."""
+        if self._cache is None:
+            return self._login.log_in(), self._clock()
+
+        cached = self._cache.read_entry(self._clock(), self.max_age)
+        if cached is not None:
+            return cached
+        with self._cache.locked(self._login.deadline + self._login.timeout):
+            cached = self._cache.read_entry(self._clock(), self.max_age)
+            if cached is not None:
+                return cached
+            token = self._login.log_in()
+            obtained_at = self._clock()
+            self._cache.write_entry(token, obtained_at)
+        return token, obtained_at
+
+    def invalidate(self, token: typing.Optional[Token] = None) -> None:
+        """Drop the cached token, so that the next get() logs in.
+
+        Args:
+            token: Drop the cached token only if it is still this one. Two
+                threads that react to the same HTTP 401 then cause one login.
+        """
+        with self._lock:
+            current = self._token
+            if current is None or (token is not None and token.access_token != current.access_token):
+                return
+            self._token = None
+        if self._cache is not None:
+            with self._cache.locked(self._login.timeout):
+                self._cache.remove_entry(current.access_token)
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        data: typing.Any = None,
+        headers: typing.Optional[typing.Mapping[str, str]] = None,
+        timeout: typing.Optional[float] = None,
+    ) -> Response:
+        """Call the REST API at the token's instance URL with ``Authorization: Bearer``.
+
+        On HTTP 401 the token is dropped, a new one is obtained and the call is
+        repeated once. Redirects are not followed, so the token stays on the
+        instance host.
+
+        Args:
+            method: The HTTP method, such as GET or POST.
+            path_or_url: A path such as ``/services/data/v62.0/limits``, or a URL
+                on the instance host.
+            data: A dict or list, sent as JSON; bytes or str, sent as they are.
+            headers: More request headers.
+            timeout: Seconds to wait to connect and for each read; the
+                provider's timeout if None.
+
+        Returns:
+            The Response, for every HTTP status.
+
+        Raises:
+            TransportError: No HTTP answer came (the message names why).
+            AuthenticationError: A new login was needed and Salesforce rejected it.
+        """
+        body, request_headers = _api_request_body(data, headers)
+        timeout = _checked_timeout(timeout if timeout is not None else self._login.timeout)
+
+        token = self.get()
+        response = self._call(token, method, path_or_url, body, request_headers, timeout)
+        if response.status == 401:
+            _logger.info("HTTP 401 from %s: logging in again and repeating the call once", token.instance_url)
+            self.invalidate(token)
+            token = self.get()
+            response = self._call(token, method, path_or_url, body, request_headers, timeout)
+        return response
+
+    def _call(
+        self,
+        token: Token,
+        method: str,
+        path_or_url: str,
+        body: typing.Optional[bytes],
+        headers: typing.Dict[str, str],
+        timeout: float,
+    ) -> Response:
+        url = _api_url(token.instance_url, path_or_url)
+        headers = dict(headers, Authorization="Bearer " + token.access_token)
+
+        started = time.monotonic()
+        status, response_headers, payload = _http_request(
+            method.upper(), url, body, headers, timeout, self._login.context, max_bytes=None
+        )
+        _logger.debug("%s %s -> HTTP %d in %.0f ms", method.upper(), url, status, (time.monotonic() - started) * 1000)
+
+        content_type = (response_headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        parsed = payload  # type: typing.Any
+        if payload and (content_type == "application/json" or content_type.endswith("+json")):
+            try:
+                parsed = json.loads(payload.decode("utf-8"))
+            except (ValueError, RecursionError):
+                parsed = payload
+        return Response(status, response_headers, parsed)
+
+    def __call__(self, request: typing.Any) -> typing.Any:
+        """Set ``Authorization: Bearer`` on a prepared request, so the provider works as ``auth=`` in requests."""
+        request.headers["Authorization"] = "Bearer " + self.get().access_token
+        return request
+
+
+def _api_request_body(
+    data: typing.Any, headers: typing.Optional[typing.Mapping[str, str]]
+) -> typing.Tuple[typing.Optional[bytes], typing.Dict[str, str]]:
+    """Encode a REST request body; a dict or list becomes JSON."""
+    request_headers = {"Accept": "application/json"}
+    request_headers.update(headers or {})
+    if data is None:
+        return None, request_headers
+    if isinstance(data, (dict, list)):
+        request_headers.setdefault("Content-Type", "application/json")
+        return json.dumps(data, separators=(",", ":")).encode("utf-8"), request_headers
+    if isinstance(data, str):
+        return data.encode("utf-8"), request_headers
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data), request_headers
+    raise TypeError("data must be a dict, list, str or bytes, not {}".format(type(data).__name__))
+
+
+def _api_url(instance_url: str, path_or_url: str) -> str:
+    """Join a path to the instance URL; a full URL must point at the instance host."""
+    if not isinstance(path_or_url, str) or not path_or_url:
+        raise ConfigurationError("path_or_url must be a path such as /services/data/v62.0/limits")
+    if "://" not in path_or_url:
+        return instance_url + ("" if path_or_url.startswith("/") else "/") + path_or_url
+    if path_or_url == instance_url or path_or_url.startswith(instance_url + "/"):
+        return path_or_url
+    raise ConfigurationError(
+        "{} is not on the instance host {}: the access token is sent only there".format(path_or_url, instance_url)
+    )
+
+
+class _TokenCacheFile(object):
+    """A JSON file of tokens shared by the processes of one host, one entry per login setting.
+
+    The entry id is a SHA-256 of login URL, consumer key, username and
+    audience, so the file names no user. A corrupt, foreign-owned or stale
+    entry is ignored with a log line, and a failed write never fails a login.
+    """
+
+    def __init__(self, path: str, entry_id: str) -> None:
+        self.path = path
+        self.entry_id = entry_id
+
+    def read_entry(self, now: float, max_age: float) -> typing.Optional[typing.Tuple[Token, float]]:
+        """Return the fresh token of this entry and when it was obtained, or None."""
+        entry = self._read_entries().get(self.entry_id)
+        if not isinstance(entry, dict):
+            return None
+        obtained_at = entry.get("obtained_at")
+        if isinstance(obtained_at, bool) or not isinstance(obtained_at, (int, float)):
+            _logger.warning("ignoring a malformed entry in the token cache %s", self.path)
+            return None
+        if not 0 <= now - obtained_at < max_age:
+            _logger.debug("the token in %s is %.0f s old; logging in again", self.path, now - obtained_at)
+            return None
+        try:
+            token = _token_from_json(entry.get("token") or {}, self.path)
+        except TransportError:
+            _logger.warning("ignoring a malformed entry in the token cache %s", self.path)
+            return None
+        _logger.debug("using the token from %s, obtained %.0f s ago", self.path, now - obtained_at)
+        return token, float(obtained_at)
+
+    def write_entry(self, token: Token, obtained_at: float) -> None:
+        entries = self._read_entries()
+        entries[self.entry_id] = {"obtained_at": obtained_at, "token": token.raw}
+        self._write_entries(entries)
+
+    def remove_entry(self, access_token: str) -> None:
+        """Remove this entry if it still holds access_token."""
+        entries = self._read_entries()
+        entry = entries.get(self.entry_id)
+        if isinstance(entry, dict) and isinstance(entry.get("token"), dict) \
+                and entry["token"].get("access_token") == access_token:
+            del entries[self.entry_id]
+            self._write_entries(entries)
+
+    def _read_entries(self) -> typing.Dict[str, typing.Any]:
+        try:
+            with open(self.path, "rb") as cache:
+                if hasattr(os, "getuid") and os.fstat(cache.fileno()).st_uid != os.getuid():
+                    _logger.warning("ignoring the token cache %s: another user owns it", self.path)
+                    return {}
+                data = cache.read(_MAX_RESPONSE_BYTES + 1)
+        except FileNotFoundError:
+            return {}
+        except OSError as error:
+            _logger.warning("cannot read the token cache %s (%s); logging in without it", self.path, error)
+            return {}
+
+        content = _json_object(data) if len(data) <= _MAX_RESPONSE_BYTES else None
+        if content is None or content.get("format") != _CACHE_FORMAT or not isinstance(content.get("entries"), dict):
+            _logger.warning("ignoring the token cache %s: not an sf_jwt token cache; it will be rewritten", self.path)
+            return {}
+        return content["entries"]
+
+    def _write_entries(self, entries: typing.Dict[str, typing.Any]) -> None:
+        """Replace the file atomically with a new one of mode 0600."""
+        import tempfile
+
+        directory = os.path.dirname(os.path.abspath(self.path))
+        temporary = None
+        try:
+            handle, temporary = tempfile.mkstemp(dir=directory, prefix=".sf_jwt-cache-", suffix=".tmp")
+            with os.fdopen(handle, "w") as cache:
+                json.dump({"format": _CACHE_FORMAT, "entries": entries}, cache)
+            os.replace(temporary, self.path)
+        except OSError as error:
+            _logger.warning("cannot write the token cache %s (%s); the login still succeeded", self.path, error)
+            if temporary is not None and os.path.exists(temporary):
+                os.unlink(temporary)
+
+    @contextlib.contextmanager
+    def locked(self, wait: float) -> typing.Iterator[None]:
+        """Hold an exclusive lock on FILE.lock for up to ``wait`` seconds of waiting.
+
+        Without fcntl (Windows) or when the lock cannot be had in time, the
+        block runs unlocked: two processes may then both log in.
+        """
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        try:
+            handle = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            _logger.warning("cannot open the lock file %s.lock (%s); continuing unlocked", self.path, error)
+            yield
+            return
+
+        try:
+            give_up_at = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= give_up_at:
+                        _logger.warning("the token cache %s stayed locked %.0f s; continuing unlocked", self.path, wait)
+                        break
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(handle)  # closing the descriptor releases the lock
 
 
 # --- Reading JWTs and certificates, for the decode command --------------------
@@ -1576,6 +2108,9 @@ def _build_parser() -> typing.Any:
                        help="PEM bundle of CA certificates to trust instead of the system store")
     token.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT, metavar="SECONDS",
                        help="seconds to wait to connect and for each read (default: %(default)s)")
+    token.add_argument("--cache", metavar="FILE",
+                       help="share tokens through this file (mode 0600) between processes of this host, "
+                       "reusing each for up to 900 s")
     token.add_argument("--format", choices=("json", "env", "token"), default="json",
                        help="json: the token fields; env: shell-quoted SF_ACCESS_TOKEN and SF_INSTANCE_URL "
                        "lines; token: the bare access token (default: json)")
@@ -1652,7 +2187,10 @@ def _run_token(args: typing.Any) -> int:
     import shlex
 
     settings = _login_settings(args, os.environ)
-    token = get_token(timeout=args.timeout, ca_file=args.ca_file, **settings)
+    if args.cache:
+        token = TokenProvider(timeout=args.timeout, ca_file=args.ca_file, cache_file=args.cache, **settings).get()
+    else:
+        token = get_token(timeout=args.timeout, ca_file=args.ca_file, **settings)
 
     if args.format == "token":
         print(token.access_token)
