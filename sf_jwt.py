@@ -481,6 +481,8 @@ def _read_key_source(source: typing.Any) -> typing.Tuple[bytes, _KeyOrigin]:
     """Return the key data and where it came from."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), _KeyOrigin("the key data", None)
+    if isinstance(source, str) and not source.strip():
+        raise InvalidKeyError("the key is empty: pass a key file path or the PEM text of the private key")
     if isinstance(source, str) and "-----BEGIN" in source:
         return source.encode("utf-8"), _KeyOrigin("the key text", None)
     if isinstance(source, str) and _looks_like_base64(source) and not os.path.exists(source):

@@ -5,17 +5,18 @@ Fixtures and helpers:
 - ``fake`` starts ``FakeSalesforce``, a real HTTPS server on 127.0.0.1 with a
   random free port, in a thread that stops at teardown. It serves
   testdata/server.crt, which testdata/ca.crt signed, so clients pass
-  ``ca_file=CA_CERT``. It checks a token request in Salesforce's order and
-  answers with Salesforce's exact error strings: form content type and
-  grant_type, a three-segment base64url RS256 assertion, ``iss`` equal to
-  ``consumer_key``, an RS256 signature that testdata/jwt_cert.crt verifies,
-  ``aud`` equal to ``audience``, an integer ``exp`` in the next five minutes, and
-  a ``sub`` (or ``prn``) that ``users`` maps to ``None`` (approved) or to an
-  OAuth error. Success returns Salesforce's JSON shape with a new access token
-  each time and a loopback ``instance_url``. ``fake.behaviour`` makes it answer a
-  scripted OAuth error, a 503 or 200 HTML page, 200 JSON without
-  ``access_token``, a plain-http ``instance_url``, a 302 redirect, a reset
-  connection, or a stall of at most ``STALL_SECONDS``. It records every request
+  ``ca_file=CA_CERT``. It checks each token request in Salesforce's order and
+  responds with Salesforce's exact error strings. The checks are the form
+  content type and grant_type, a three-segment base64url RS256 assertion,
+  ``iss`` equal to ``consumer_key``, and an RS256 signature that
+  testdata/jwt_cert.crt verifies. Then come ``aud`` equal to ``audience``, an
+  integer ``exp`` in the next five minutes, and a ``sub`` (or ``prn``) that
+  ``users`` maps to ``None`` (approved) rather than to an OAuth error. Success
+  returns Salesforce's JSON shape with a new access token each time and a
+  loopback ``instance_url``. ``fake.behaviour`` makes it respond with a scripted
+  OAuth error, a 503 or 200 HTML page, 200 JSON without ``access_token``, a
+  plain-http ``instance_url``, a 302 redirect, a reset connection, or a stall of
+  at most ``STALL_SECONDS``. It records every request
   (method, path, headers, form) and every token it issued.
 - ``start_fake`` starts more fakes: plain HTTP, or on another loopback address.
 - ``outside_connections`` (autouse) makes ``socket.getaddrinfo`` reject every
@@ -45,6 +46,7 @@ import random
 import re
 import secrets
 import shlex
+import shutil
 import socket
 import socketserver
 import ssl
@@ -84,6 +86,7 @@ KEY_PKCS8 = TESTDATA / "jwt_key_pkcs8.pem"
 OTHER_KEY = TESTDATA / "other_key.pem"
 
 TOKEN_PATH = "/services/oauth2/token"
+API_PATH = "/services/data"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 LOGIN_AUDIENCE = "https://login.salesforce.com"
@@ -156,17 +159,6 @@ def _pem_body_lines(path):
     """Return the base64 lines of a PEM file, the text that must never be echoed."""
     lines = pathlib.Path(path).read_text().splitlines()
     return [line for line in lines if line and not line.startswith("-----") and ":" not in line]
-
-
-def _modular_inverse(value, modulus):
-    # pow(value, -1, modulus) needs Python 3.8, so use the extended Euclidean algorithm.
-    old_remainder, remainder = value % modulus, modulus
-    old_coefficient, coefficient = 1, 0
-    while remainder:
-        quotient = old_remainder // remainder
-        old_remainder, remainder = remainder, old_remainder - quotient * remainder
-        old_coefficient, coefficient = coefficient, old_coefficient - quotient * coefficient
-    return old_coefficient % modulus
 
 
 def _der_tlv(tag, body):
@@ -265,6 +257,12 @@ class FakeSalesforce(object):
             INACTIVE_USER: ("invalid_grant", "inactive user"),
         }
         self.behaviour = None
+        # Behaviours for the next token requests, one each, before ``behaviour`` applies.
+        self.queue = []
+        # Seconds each token request waits before its answer, so concurrent logins overlap.
+        self.login_delay = 0.0
+        self.revoked = set()
+        self.revoke_all = False
         self.scripted_error = None
         self.requests = []
         self.issued = []
@@ -289,6 +287,15 @@ class FakeSalesforce(object):
         return self.base_url + TOKEN_PATH
 
     @property
+    def logins(self):
+        """The token requests received, whatever their outcome."""
+        return [request for request in self.requests if request.path == TOKEN_PATH]
+
+    @property
+    def api_calls(self):
+        return [request for request in self.requests if request.path.startswith(API_PATH)]
+
+    @property
     def issued_tokens(self):
         return [body["access_token"] for body in self.issued if "access_token" in body]
 
@@ -305,7 +312,7 @@ class FakeSalesforce(object):
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(SERVER_CERT), str(SERVER_KEY))
             self._server.tls_context = context
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01})
         self._thread.daemon = True
         self._thread.start()
 
@@ -432,11 +439,24 @@ class _TokenEndpointHandler(http.server.BaseHTTPRequestHandler):
         request = RecordedRequest(self.command, self.path, self.headers, self.rfile.read(length))
         fake.requests.append(request)
 
+        if self.path.startswith(API_PATH):
+            self._handle_api(fake, request)
+            return
         if self.command != "POST" or urllib.parse.urlsplit(self.path).path != TOKEN_PATH:
             self._send(404, "text/html", b"<html><body>Not Found</body></html>")
             return
 
-        behaviour = fake.behaviour
+        time.sleep(fake.login_delay)
+        try:
+            behaviour = fake.queue.pop(0)
+        except IndexError:
+            behaviour = fake.behaviour
+        if behaviour == "rate_limited":
+            self._send(429, "text/plain", b"Too many requests", [("Retry-After", "1")])
+            return
+        if behaviour == "bad_gateway":
+            self._send(502, "text/html", b"<html><head><title>502 Bad Gateway</title></head></html>")
+            return
         if behaviour == "oauth_error":
             status, error, description = fake.scripted_error
             self._send_json(status, {"error": error, "error_description": description})
@@ -469,6 +489,19 @@ class _TokenEndpointHandler(http.server.BaseHTTPRequestHandler):
             body["instance_url"] = "http://example.invalid"
         fake.issued.append(body)
         self._send_json(200, body)
+
+    def _handle_api(self, fake, request):
+        """Answer like the REST API: 401 INVALID_SESSION_ID unless the bearer token is live."""
+        authorization = request.headers.get("Authorization", "")
+        token = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else None
+        if token not in fake.issued_tokens or token in fake.revoked or fake.revoke_all:
+            self._send_json(401, [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}])
+            return
+        if self.path == API_PATH + "/text":
+            self._send(200, "text/plain", b"plain text answer")
+            return
+        echo = json.loads(request.body.decode("utf-8")) if request.body else None
+        self._send_json(200, {"method": request.method, "path": request.path, "echo": echo})
 
     def _send_json(self, status, document):
         self._send(status, "application/json;charset=UTF-8", json.dumps(document).encode("utf-8"))
@@ -621,26 +654,26 @@ def _plain_base64_assertion():
     return ".".join([header, claims, signature])
 
 
-@pytest.mark.parametrize(
-    "case, body, content_type, expected",
-    [
-        ("json body", b'{"grant_type": "' + JWT_BEARER_GRANT.encode() + b'"}', "application/json",
-         ("unsupported_grant_type", "grant type not supported")),
-        ("misspelled grant", None, FORM_CONTENT_TYPE, ("unsupported_grant_type", "grant type not supported")),
-        ("plain base64", _form(_plain_base64_assertion()), FORM_CONTENT_TYPE,
-         ("invalid_client", "invalid client credentials")),
-        ("two segments", _form("eyJhbGciOiJSUzI1NiJ9.e30"), FORM_CONTENT_TYPE,
-         ("invalid_client", "invalid client credentials")),
-    ],
-)
-def test_fake_rejects_malformed_request(fake, case, body, content_type, expected):
-    if body is None:
-        body = _form(_pyjwt_assertion(), grant_type="urn:ietf:params:oauth:grant-type:jwt_bearer")
+UNSUPPORTED_GRANT = ("unsupported_grant_type", "grant type not supported")
+INVALID_CLIENT = ("invalid_client", "invalid client credentials")
 
-    status, answer = _post(fake.token_url, body, content_type)
+
+@pytest.mark.parametrize(
+    "body, content_type, expected",
+    [
+        (json.dumps({"grant_type": JWT_BEARER_GRANT}).encode("ascii"), "application/json", UNSUPPORTED_GRANT),
+        (_form("eyJhbGciOiJSUzI1NiJ9.e30.c2ln", grant_type="urn:ietf:params:oauth:grant-type:jwt_bearer"),
+         FORM_CONTENT_TYPE, UNSUPPORTED_GRANT),
+        (_form(_plain_base64_assertion()), FORM_CONTENT_TYPE, INVALID_CLIENT),
+        (_form("eyJhbGciOiJSUzI1NiJ9.e30"), FORM_CONTENT_TYPE, INVALID_CLIENT),
+    ],
+    ids=["json body", "misspelled grant", "plain base64", "two segments"],
+)
+def test_fake_rejects_malformed_request(fake, body, content_type, expected):
+    status, response = _post(fake.token_url, body, content_type)
 
     assert status == 400
-    assert (answer["error"], answer["error_description"]) == expected
+    assert (response["error"], response["error_description"]) == expected
 
 
 @pytest.mark.parametrize(
@@ -664,14 +697,14 @@ def test_fake_rejects_malformed_request(fake, case, body, content_type, expected
          "not approved", "inactive", "unknown user", "prn wins"],
 )
 def test_fake_rejects_assertion(fake, changes, expected):
-    status, answer = _post(fake.token_url, _form(_pyjwt_assertion(**changes)))
+    status, response = _post(fake.token_url, _form(_pyjwt_assertion(**changes)))
 
     assert status == 400
-    assert (answer["error"], answer["error_description"]) == expected
+    assert (response["error"], response["error_description"]) == expected
 
 
 @pytest.mark.parametrize("method, path", [("GET", TOKEN_PATH), ("POST", "/services/oauth2/authorize")])
-def test_fake_answers_404_elsewhere(fake, method, path):
+def test_fake_returns_404_elsewhere(fake, method, path):
     body = _form(_pyjwt_assertion()) if method == "POST" else None
 
     status, _ = _post(fake.base_url + path, body, method=method)
@@ -760,7 +793,9 @@ def test_base64url_decode_vector(data, text):
     assert sf_jwt.base64url_decode(text) == data
 
 
-@pytest.mark.parametrize("text, data", [("Zg==", b"f"), ("Zm8=", b"fo"), (b"Zm9vYg==", b"foob"), (b"-_-_", b"\xfb\xff\xbf")])
+@pytest.mark.parametrize(
+    "text, data", [("Zg==", b"f"), ("Zm8=", b"fo"), (b"Zm9vYg==", b"foob"), (b"-_-_", b"\xfb\xff\xbf")]
+)
 def test_base64url_decode_padded_or_bytes(text, data):
     assert sf_jwt.base64url_decode(text) == data
 
@@ -864,6 +899,16 @@ def test_key_fingerprint_matches_spki_digest(name):
     key = sf_jwt.load_private_key(source)
 
     assert key.fingerprint == "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="the openssl command is not installed")
+def test_key_fingerprint_matches_openssl(signing_key):
+    der = subprocess.run(
+        ["openssl", "rsa", "-in", str(KEY_PKCS1), "-pubout", "-outform", "DER"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=SUBPROCESS_TIMEOUT, check=True,
+    ).stdout
+
+    assert signing_key.fingerprint == "sha256:" + hashlib.sha256(der).hexdigest()
 
 
 @pytest.mark.parametrize("name, bits, exponent", [("rsa1024.pem", 1024, 65537), ("rsa3072.pem", 3072, 65537),
@@ -975,23 +1020,23 @@ def test_load_key_rejects_truncated_der(name, cut):
         sf_jwt.load_private_key(der[:cut])
 
 
-def _truncated_pem(path, how):
+def _truncated_pem(path, cut):
     lines = pathlib.Path(path).read_text().splitlines(True)
-    if how == "no end line":
+    if cut == "no end line":
         return "".join(lines[: len(lines) // 2])
-    if how == "body cut":
+    if cut == "body cut":
         return "".join(lines[: len(lines) // 2] + lines[-1:])
-    if how == "tail cut":
+    if cut == "tail cut":
         # Drop the last body line and half of the one before it.
         return "".join(lines[:-3] + [lines[-3][:32] + "\n"] + lines[-1:])
-    raise AssertionError(how)
+    raise AssertionError(cut)
 
 
-@pytest.mark.parametrize("how", ["no end line", "body cut", "tail cut"])
+@pytest.mark.parametrize("cut", ["no end line", "body cut", "tail cut"])
 @pytest.mark.parametrize("path", [KEY_PKCS1, KEY_PKCS8], ids=["pkcs1", "pkcs8"])
-def test_load_key_rejects_truncated_pem(path, how):
+def test_load_key_rejects_truncated_pem(path, cut):
     with pytest.raises(sf_jwt.InvalidKeyError) as caught:
-        sf_jwt.load_private_key(_truncated_pem(path, how))
+        sf_jwt.load_private_key(_truncated_pem(path, cut))
 
     for line in _pem_body_lines(path):
         assert line not in str(caught.value)
@@ -1020,7 +1065,8 @@ def test_load_key_rejects_inconsistent_numbers(field, offset):
 
 
 @pytest.mark.parametrize("name", ["rsa1024.pem", "jwt_key_pkcs1.pem", "rsa3072.pem", "rsa2048_e3.pem"])
-@pytest.mark.parametrize("data", [b"", b"eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJrIn0", bytes(range(256)) * 4])
+@pytest.mark.parametrize("data", [b"", b"eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJrIn0", bytes(range(256)) * 4],
+                         ids=["empty", "signing input", "1 KiB"])
 def test_sign_matches_cryptography(name, data):
     key = sf_jwt.load_private_key(TESTDATA / name)
 
@@ -1379,16 +1425,40 @@ def test_get_token_http_loopback(start_fake, host):
     assert token.access_token == fake.issued_tokens[0]
 
 
-@pytest.mark.parametrize(
-    "login_url",
-    ["http://login.salesforce.com", "http://acme.my.salesforce.com", "http://10.0.0.1:8080", "http://[2001:db8::1]"],
-)
+PLAIN_HTTP_URLS = [
+    "http://login.salesforce.com",
+    "http://acme.my.salesforce.com",
+    "http://10.0.0.1:8080",
+    "http://[2001:db8::1]",
+    "http://localhost.example.com",
+    "http://127.0.0.1.nip.io",
+]
+
+
+@pytest.mark.parametrize("login_url", PLAIN_HTTP_URLS)
 def test_get_token_rejects_plain_http(login_url, outside_connections):
     with pytest.raises(sf_jwt.ConfigurationError) as caught:
         sf_jwt.get_token(CONSUMER_KEY, USERNAME, str(KEY_PKCS1), login_url=login_url, timeout=1)
 
     assert "https" in str(caught.value).lower()
     assert outside_connections == []
+
+
+@pytest.mark.parametrize("login_url", PLAIN_HTTP_URLS)
+def test_request_token_rejects_plain_http(login_url, signing_key, outside_connections):
+    with pytest.raises(sf_jwt.ConfigurationError):
+        sf_jwt.request_token(_assertion_for(signing_key), login_url + TOKEN_PATH, timeout=1)
+
+    assert outside_connections == []
+
+
+@pytest.mark.parametrize("arguments", [{"lifetime": 301}, {"audience": "http://login.salesforce.com"},
+                                       {"username": " "}], ids=["lifetime", "audience", "username"])
+def test_get_token_checks_before_sending(fake, arguments):
+    with pytest.raises(sf_jwt.ConfigurationError):
+        _get_token(fake, **arguments)
+
+    assert fake.requests == []
 
 
 def test_get_token_rejects_lightning_host(outside_connections):
@@ -1433,6 +1503,17 @@ def test_oauth_error_catalogue(fake, signing_key, error, description, hint_words
         assert any(word in failure.hint.lower() for word in group), group
 
 
+def test_oauth_error_unknown_code(fake, signing_key):
+    fake.script_error(400, "invalid_request", "something unexpected")
+
+    with pytest.raises(sf_jwt.AuthenticationError) as caught:
+        sf_jwt.request_token(_assertion_for(signing_key), fake.token_url, timeout=10, ca_file=str(CA_CERT))
+
+    assert caught.value.error == "invalid_request"
+    assert caught.value.error_description == "something unexpected"
+    assert str(caught.value).startswith("invalid_request: something unexpected")
+
+
 @pytest.mark.parametrize("status", [401, 403])
 def test_oauth_error_keeps_status(fake, signing_key, status):
     fake.script_error(status, "invalid_grant", "invalid assertion")
@@ -1449,7 +1530,7 @@ def test_oauth_error_keeps_status(fake, signing_key, status):
     [
         ({"client_id": "3MVG9someOtherApp"}, ("invalid_client_id", "client identifier invalid")),
         ({"private_key": str(OTHER_KEY)}, ("invalid_grant", "invalid assertion")),
-        ({"fake_audience": TEST_AUDIENCE}, ("invalid_grant", "audience is invalid")),
+        ({"fake_audience": TEST_AUDIENCE, "audience": LOGIN_AUDIENCE}, ("invalid_grant", "audience is invalid")),
         ({"username": NOT_APPROVED_USER}, ("invalid_grant", "user hasn't approved this consumer")),
         ({"username": INACTIVE_USER}, ("invalid_grant", "inactive user")),
     ],
@@ -1464,6 +1545,17 @@ def test_get_token_rejected(fake, setup, expected):
 
     assert (caught.value.error, caught.value.error_description) == expected
     assert caught.value.status == 400
+
+
+def test_get_token_default_audience_rejected(fake):
+    fake.audience = TEST_AUDIENCE
+
+    with pytest.raises(sf_jwt.AuthenticationError) as caught:
+        _get_token(fake)
+
+    assert (caught.value.error, caught.value.error_description) == ("invalid_grant", "audience is invalid")
+    assert fake.requests[0].claims["aud"] == LOGIN_AUDIENCE
+    assert 1 <= len(fake.requests) <= 2
 
 
 def test_request_token_expired_assertion(fake, signing_key):
@@ -1533,15 +1625,24 @@ def test_transport_connection_reset(fake, signing_key):
     assert failure.status is None
 
 
-def test_transport_stall_times_out(fake):
-    fake.behaviour = "stall"
+def test_transport_stall_times_out(fake, signing_key):
+    failure = _request_with_behaviour(fake, signing_key, "stall", timeout=1)
+
+    assert "timed out" in str(failure).lower()
+    assert failure.retryable is True
+    assert failure.status is None
+    assert len(fake.requests) == 1
+
+
+def test_get_token_retries_are_bounded(fake):
+    fake.behaviour = "maintenance"
 
     with pytest.raises(sf_jwt.TransportError) as caught:
-        _get_token(fake, timeout=1)
+        _get_token(fake)
 
-    assert "timed out" in str(caught.value).lower()
+    assert caught.value.status == 503
     assert caught.value.retryable is True
-    assert caught.value.status is None
+    assert 1 <= len(fake.requests) <= 3
 
 
 @pytest.mark.parametrize("ca_file", [str(OTHER_CA_CERT), None], ids=["other ca", "system store"])
@@ -1662,8 +1763,7 @@ def test_cli_token_format_json(fake):
     assert document["scope"] == "api"
     issued_at = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(
         milliseconds=int(body["issued_at"]))
-    assert document["issued_at"] in (issued_at.isoformat(), body["issued_at"], issued_at.isoformat().replace(
-        "+00:00", "Z"))
+    assert document["issued_at"] == issued_at.isoformat()
 
 
 def test_cli_short_options(fake):
@@ -1745,21 +1845,17 @@ def test_cli_assertion_output():
     "options, audience",
     [
         ([], LOGIN_AUDIENCE),
-        (["--login-url", "https://login.salesforce.com"], LOGIN_AUDIENCE),
-        (["--login-url", "https://test.salesforce.com"], TEST_AUDIENCE),
         (["--login-url", "https://test.salesforce.com/"], TEST_AUDIENCE),
         (["--login-url", "https://acme--dev.sandbox.my.salesforce.com"], TEST_AUDIENCE),
         (["--login-url", "https://acme.scratch.my.salesforce.com"], TEST_AUDIENCE),
         (["--login-url", "https://acme--uat.my.salesforce.com"], TEST_AUDIENCE),
         (["--login-url", "https://acme.my.salesforce.com"], LOGIN_AUDIENCE),
-        (["--login-url", "https://acme.my.site.com"], LOGIN_AUDIENCE),
         (["--sandbox"], TEST_AUDIENCE),
-        (["--audience", "https://acme.my.salesforce.com"], "https://acme.my.salesforce.com"),
         (["--login-url", "https://acme--dev.sandbox.my.salesforce.com", "--audience",
           "https://acme--dev.sandbox.my.salesforce.com"], "https://acme--dev.sandbox.my.salesforce.com"),
     ],
-    ids=["default", "login", "test", "test slash", "sandbox my domain", "scratch", "legacy sandbox", "my domain",
-         "site", "sandbox flag", "audience", "sandbox audience"],
+    ids=["default", "test", "sandbox my domain", "scratch", "legacy sandbox", "my domain", "sandbox flag",
+         "audience"],
 )
 def test_cli_assertion_default_audience(options, audience):
     completed = _run_cli(_assertion_args(*options))
@@ -1799,6 +1895,15 @@ def test_cli_decode(via_stdin):
     assert document["expires_at"].startswith(expires_at.strftime("%Y-%m-%dT%H:%M:%S"))
     assert 0 < document["seconds_left"] <= 180
     assert document["signature"] == "not checked"
+
+
+def test_cli_decode_expired(signing_key):
+    assertion = _assertion_for(signing_key, now=time.time() - 1000)
+
+    completed = _run_cli(["decode", assertion])
+
+    assert completed.returncode == 0, completed.stderr
+    assert -1000 < json.loads(completed.stdout)["seconds_left"] <= -820
 
 
 @pytest.mark.parametrize("option, path", [("--cert", JWT_CERT), ("--jwt-key-file", KEY_PKCS8)])
@@ -1841,6 +1946,24 @@ def test_cli_missing_option(fake, drop, words):
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [["--format", "xml"], ["--timeout", "soon"], ["--no-such-option"]],
+    ids=["format", "timeout", "unknown option"],
+)
+def test_cli_bad_usage(fake, extra):
+    completed = _run_cli(_token_args(fake, *extra))
+
+    _assert_clean_failure(completed, 2)
+    assert fake.requests == []
+
+
+def test_cli_unknown_subcommand():
+    completed = _run_cli(["login"])
+
+    _assert_clean_failure(completed, 2)
+
+
 @pytest.mark.parametrize("key_file, word", [(TESTDATA / "no_such_key.pem", "not found"),
                                             (JWT_CERT, "certificate"),
                                             (TESTDATA / "jwt_key_encrypted_pkcs8.pem", "encrypted")])
@@ -1863,7 +1986,7 @@ def test_cli_rejected_exits_1(fake):
     assert "consumer key" in completed.stderr.lower()
 
 
-@pytest.mark.parametrize("behaviour", ["maintenance", "reset", "redirect", "http_instance_url"])
+@pytest.mark.parametrize("behaviour", ["html_200", "redirect", "http_instance_url"])
 def test_cli_server_failure_exits_3(fake, behaviour):
     fake.behaviour = behaviour
 
@@ -1919,10 +2042,10 @@ def test_cli_verbose_logs(fake, position):
 
 
 @pytest.mark.parametrize(
-    "behaviour, exit_code",
-    [(None, 0), ("rejected", 1), ("maintenance", 3), ("no_access_token", 3)],
+    "behaviour, exit_code, key_source",
+    [(None, 0, "file"), (None, 0, "env"), ("rejected", 1, "env"), ("maintenance", 3, "file"),
+     ("no_access_token", 3, "env")],
 )
-@pytest.mark.parametrize("key_source", ["file", "env"])
 def test_cli_verbose_hides_secrets(fake, behaviour, exit_code, key_source):
     if behaviour == "rejected":
         fake.users[USERNAME] = ("invalid_grant", "user hasn't approved this consumer")
@@ -1940,7 +2063,7 @@ def test_cli_verbose_hides_secrets(fake, behaviour, exit_code, key_source):
     assert completed.returncode == exit_code, completed.stderr
     assert completed.stderr.strip()
     assert "Traceback" not in completed.stderr
-    assert len(fake.requests) == 1
+    assert len(fake.requests) >= 1
     assert _leaked_secrets(completed.stderr, fake) == []
 
 
@@ -1952,3 +2075,426 @@ def test_cli_verbose_assertion_hides_signature():
     assert signature not in completed.stderr
     assert str(_private_numbers(KEY_PKCS1)["d"]) not in completed.stderr
     assert not any(line in completed.stderr for line in _pem_body_lines(KEY_PKCS1))
+
+
+# --- Token lifecycle: retries, audience fallback, TokenProvider, cache file --
+
+
+def _provider(fake, **overrides):
+    arguments = {
+        "client_id": CONSUMER_KEY,
+        "username": USERNAME,
+        "private_key": str(KEY_PKCS1),
+        "login_url": fake.base_url,
+        "ca_file": str(CA_CERT),
+        "timeout": 10,
+    }
+    arguments.update(overrides)
+    return sf_jwt.TokenProvider(**arguments)
+
+
+@pytest.mark.parametrize("behaviour", ["maintenance", "bad_gateway", "reset"])
+def test_get_token_retries_transient_failure(fake, behaviour):
+    fake.queue = [behaviour]
+    token = _get_token(fake)
+    assert len(fake.logins) == 2
+    assert token.access_token == fake.issued_tokens[0]
+
+
+def test_get_token_retries_after_timeout(fake):
+    fake.queue = ["stall"]
+    token = _get_token(fake, timeout=1)
+    assert len(fake.logins) == 2
+    assert token.access_token == fake.issued_tokens[0]
+
+
+def test_get_token_signs_fresh_assertion_per_attempt(fake):
+    # Retry-After: 1 makes the second attempt start at least a second later.
+    fake.queue = ["rate_limited"]
+    _get_token(fake)
+    first, second = [request.claims["exp"] for request in fake.logins]
+    assert second - first >= 1
+
+
+def test_get_token_honours_retry_after(fake):
+    fake.queue = ["rate_limited"]
+    started = time.monotonic()
+    _get_token(fake)
+    assert time.monotonic() - started >= 0.95
+    assert len(fake.logins) == 2
+
+
+def test_get_token_logs_each_retry(fake, caplog):
+    fake.queue = ["rate_limited"]
+    with caplog.at_level(logging.INFO, logger="sf_jwt"):
+        _get_token(fake)
+    retries = [record.getMessage() for record in caplog.records if record.levelno == logging.INFO]
+    assert len(retries) == 1
+    assert "HTTP 429" in retries[0]
+    assert "retry 1 of 2 in 1.0 s" in retries[0]
+
+
+def test_get_token_never_retries_oauth_error(fake):
+    fake.script_error(400, "invalid_grant", "inactive user")
+    with pytest.raises(sf_jwt.AuthenticationError):
+        _get_token(fake, max_attempts=5)
+    assert len(fake.logins) == 1
+
+
+def test_get_token_stops_after_max_attempts(fake):
+    fake.behaviour = "bad_gateway"
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _get_token(fake, max_attempts=2)
+    assert caught.value.status == 502
+    assert caught.value.retryable is True
+    assert len(fake.logins) == 2
+
+
+def test_get_token_deadline_bounds_time(fake):
+    fake.behaviour = "stall"
+    started = time.monotonic()
+    with pytest.raises(sf_jwt.TransportError):
+        _get_token(fake, timeout=10, max_attempts=10, deadline=1.5)
+    # The deadline also caps each attempt's timeout, so the 10 s timeout never applies.
+    assert time.monotonic() - started < 3
+    assert len(fake.logins) <= 3
+
+
+def test_transport_error_carries_retry_after(fake, signing_key):
+    fake.behaviour = "rate_limited"
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        sf_jwt.request_token(_assertion_for(signing_key), fake.token_url, ca_file=str(CA_CERT))
+    assert caught.value.status == 429
+    assert caught.value.retry_after == 1.0
+
+
+@pytest.mark.parametrize("argument, value", [("max_attempts", 0), ("max_attempts", 11), ("deadline", 0)])
+def test_get_token_rejects_retry_setting(fake, argument, value):
+    with pytest.raises(sf_jwt.ConfigurationError) as caught:
+        _get_token(fake, **{argument: value})
+    assert argument in str(caught.value)
+    assert fake.requests == []
+
+
+def test_audience_fallback_to_my_domain(fake, caplog):
+    fake.audience = fake.base_url
+    with caplog.at_level(logging.WARNING, logger="sf_jwt"):
+        token = _get_token(fake)
+    assert token.access_token == fake.issued_tokens[0]
+    assert [request.claims["aud"] for request in fake.logins] == [LOGIN_AUDIENCE, fake.base_url]
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "logged in with audience {} after {} was rejected".format(fake.base_url, LOGIN_AUDIENCE) in warnings[0]
+    assert "--audience" in warnings[0]
+
+
+def test_audience_fallback_app_not_found(fake):
+    fake.audience = fake.base_url
+    fake.queue = ["oauth_error"]
+    fake.scripted_error = (400, "app_not_found", "External client app is not installed in this org")
+    _get_token(fake)
+    assert [request.claims["aud"] for request in fake.logins] == [LOGIN_AUDIENCE, fake.base_url]
+
+
+def test_audience_fallback_stops_after_two(fake):
+    fake.script_error(400, "invalid_grant", "audience is invalid")
+    with pytest.raises(sf_jwt.AuthenticationError) as caught:
+        _get_token(fake)
+    assert caught.value.error_description == "audience is invalid"
+    assert len(fake.logins) == 2
+
+
+def test_explicit_audience_has_no_fallback(fake):
+    fake.audience = fake.base_url
+    with pytest.raises(sf_jwt.AuthenticationError) as caught:
+        _get_token(fake, audience=LOGIN_AUDIENCE)
+    assert caught.value.error_description == "audience is invalid"
+    assert len(fake.logins) == 1
+
+
+def test_provider_reuses_token(fake):
+    provider = _provider(fake)
+    first = provider.get()
+    second = provider.get()
+    assert first is second
+    assert len(fake.logins) == 1
+
+
+def test_provider_single_flight_32_threads(fake):
+    fake.login_delay = 0.3
+    provider = _provider(fake)
+    barrier = threading.Barrier(32)
+    tokens = []
+
+    def ask():
+        barrier.wait()
+        tokens.append(provider.get().access_token)
+
+    threads = [threading.Thread(target=ask) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(fake.logins) == 1
+    assert tokens == [fake.issued_tokens[0]] * 32
+
+
+def test_provider_waiters_share_error(fake):
+    fake.login_delay = 0.3
+    fake.script_error(400, "invalid_grant", "inactive user")
+    provider = _provider(fake)
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def ask():
+        barrier.wait()
+        try:
+            provider.get()
+        except sf_jwt.AuthenticationError as error:
+            errors.append(error.error_description)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == ["inactive user"] * 8
+    assert len(fake.logins) == 1
+
+
+def test_provider_logs_in_after_max_age(fake):
+    now = [1000000.0]
+    provider = _provider(fake, max_age=900, clock=lambda: now[0])
+    first = provider.get()
+    now[0] += 899
+    assert provider.get() is first
+    now[0] += 2
+    second = provider.get()
+    assert second.access_token != first.access_token
+    assert len(fake.logins) == 2
+
+
+def test_provider_invalidate_only_that_token(fake):
+    provider = _provider(fake)
+    first = provider.get()
+    provider.invalidate(first)
+    second = provider.get()
+    provider.invalidate(first)
+    assert provider.get() is second
+    assert len(fake.logins) == 2
+
+
+def test_provider_two_threads_same_401(fake):
+    provider = _provider(fake)
+    stale = provider.get()
+    barrier = threading.Barrier(2)
+    tokens = []
+
+    def react_to_401():
+        barrier.wait()
+        provider.invalidate(stale)
+        tokens.append(provider.get().access_token)
+
+    threads = [threading.Thread(target=react_to_401) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(fake.logins) == 2
+    assert tokens == [fake.issued_tokens[1]] * 2
+
+
+def test_provider_request_json(fake):
+    provider = _provider(fake)
+    response = provider.request("POST", "/services/data/v62.0/sobjects/Account", data={"Name": "Acme"})
+    assert response.status == 200
+    assert response.body == {"method": "POST", "path": "/services/data/v62.0/sobjects/Account", "echo": {"Name": "Acme"}}
+    call = fake.api_calls[0]
+    assert call.headers["Authorization"] == "Bearer " + fake.issued_tokens[0]
+    assert call.headers["Content-Type"] == "application/json"
+
+
+def test_provider_request_non_json_body(fake):
+    provider = _provider(fake)
+    response = provider.request("GET", API_PATH + "/text")
+    assert response.status == 200
+    assert response.body == b"plain text answer"
+    assert response.headers["Content-Type"] == "text/plain"
+
+
+def test_provider_request_relogs_once_on_401(fake):
+    provider = _provider(fake)
+    fake.revoked.add(provider.get().access_token)
+    response = provider.request("GET", "services/data/v62.0/limits")
+    assert response.status == 200
+    assert len(fake.logins) == 2
+    assert len(fake.api_calls) == 2
+    assert fake.api_calls[1].headers["Authorization"] == "Bearer " + fake.issued_tokens[1]
+
+
+def test_provider_request_returns_second_401(fake):
+    provider = _provider(fake)
+    fake.revoke_all = True
+    response = provider.request("GET", "/services/data/v62.0/limits")
+    assert response.status == 401
+    assert response.body[0]["errorCode"] == "INVALID_SESSION_ID"
+    assert len(fake.logins) == 2
+    assert len(fake.api_calls) == 2
+
+
+def test_provider_request_rejects_other_host(fake):
+    provider = _provider(fake)
+    with pytest.raises(sf_jwt.ConfigurationError) as caught:
+        provider.request("GET", "https://localhost:%d/services/data" % fake.port)
+    assert "is not on the instance host" in str(caught.value)
+    assert fake.api_calls == []
+
+
+def test_provider_request_accepts_instance_url(fake):
+    provider = _provider(fake)
+    token = provider.get()
+    response = provider.request("GET", token.instance_url + "/services/data/v62.0")
+    assert response.status == 200
+    assert response.body["path"] == "/services/data/v62.0"
+
+
+def test_provider_as_requests_auth(fake):
+    class PreparedRequest(object):
+        def __init__(self):
+            self.headers = {"Accept": "application/json"}
+
+    provider = _provider(fake)
+    request = PreparedRequest()
+    assert provider(request) is request
+    assert request.headers == {"Accept": "application/json", "Authorization": "Bearer " + fake.issued_tokens[0]}
+
+
+def test_provider_repr_hides_token(fake):
+    provider = _provider(fake)
+    token = provider.get()
+    assert repr(provider) == "<TokenProvider {} at {}>".format(USERNAME, fake.base_url)
+    assert token.access_token not in repr(provider)
+
+
+def test_provider_rejects_max_age(fake):
+    with pytest.raises(sf_jwt.ConfigurationError) as caught:
+        _provider(fake, max_age=0)
+    assert "max_age" in str(caught.value)
+
+
+def test_cache_file_shared_between_providers(fake, tmp_path):
+    cache = tmp_path / "tokens.json"
+    first = _provider(fake, cache_file=str(cache)).get()
+    second = _provider(fake, cache_file=str(cache)).get()
+    assert second.access_token == first.access_token
+    assert len(fake.logins) == 1
+    assert cache.stat().st_mode & 0o777 == 0o600
+
+
+def test_cache_file_holds_no_key_or_assertion(fake, tmp_path):
+    cache = tmp_path / "tokens.json"
+    _provider(fake, cache_file=str(cache)).get()
+    content = cache.read_text()
+    assert fake.logins[0].assertion.split(".")[2] not in content
+    for line in _pem_body_lines(KEY_PKCS1):
+        assert line not in content
+    assert USERNAME not in content
+    assert CONSUMER_KEY not in content
+
+
+def test_cache_file_entry_expires(fake, tmp_path):
+    cache = str(tmp_path / "tokens.json")
+    now = [1000000.0]
+    _provider(fake, cache_file=cache, clock=lambda: now[0]).get()
+    now[0] += 901
+    _provider(fake, cache_file=cache, clock=lambda: now[0]).get()
+    assert len(fake.logins) == 2
+
+
+def test_cache_file_keyed_by_username(fake, tmp_path):
+    cache = str(tmp_path / "tokens.json")
+    fake.users["second@example.com"] = None
+    first = _provider(fake, cache_file=cache).get()
+    second = _provider(fake, cache_file=cache, username="second@example.com").get()
+    assert first.access_token != second.access_token
+    assert len(fake.logins) == 2
+    assert len(json.loads(pathlib.Path(cache).read_text())["entries"]) == 2
+
+
+def test_cache_file_invalidate_removes_entry(fake, tmp_path):
+    cache = str(tmp_path / "tokens.json")
+    provider = _provider(fake, cache_file=cache)
+    stale = provider.get()
+    provider.invalidate(stale)
+    fresh = _provider(fake, cache_file=cache).get()
+    assert fresh.access_token != stale.access_token
+    assert len(fake.logins) == 2
+
+
+def test_cache_file_corrupt_is_rewritten(fake, tmp_path, caplog):
+    cache = tmp_path / "tokens.json"
+    cache.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="sf_jwt"):
+        token = _provider(fake, cache_file=str(cache)).get()
+    assert token.access_token == fake.issued_tokens[0]
+    assert "not an sf_jwt token cache" in caplog.text
+    assert json.loads(cache.read_text())["format"] == "sf_jwt token cache 1"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
+def test_cache_file_foreign_owner_is_ignored(fake, tmp_path, caplog):
+    cache = tmp_path / "tokens.json"
+    first = _provider(fake, cache_file=str(cache)).get()
+    os.chown(str(cache), 12345, 12345)
+    with caplog.at_level(logging.WARNING, logger="sf_jwt"):
+        second = _provider(fake, cache_file=str(cache)).get()
+    assert second.access_token != first.access_token
+    assert "another user owns it" in caplog.text
+    assert cache.stat().st_uid == os.getuid()
+
+
+def test_cache_file_unwritable_still_logs_in(fake, tmp_path, caplog):
+    cache = tmp_path / "missing-directory" / "tokens.json"
+    with caplog.at_level(logging.WARNING, logger="sf_jwt"):
+        token = _provider(fake, cache_file=str(cache)).get()
+    assert token.access_token == fake.issued_tokens[0]
+    assert "cannot write the token cache" in caplog.text
+
+
+_CACHE_CLIENT = """
+import sys
+sys.path.insert(0, {repo!r})
+import sf_jwt
+provider = sf_jwt.TokenProvider({consumer_key!r}, {username!r}, {key!r}, login_url=sys.argv[1],
+                                ca_file={ca!r}, cache_file=sys.argv[2], timeout=20)
+print(provider.get().access_token)
+"""
+
+
+def test_cache_file_20_processes_one_login(fake, tmp_path):
+    fake.login_delay = 0.5
+    script = tmp_path / "client.py"
+    script.write_text(_CACHE_CLIENT.format(
+        repo=str(REPO), consumer_key=CONSUMER_KEY, username=USERNAME, key=str(KEY_PKCS1), ca=str(CA_CERT)
+    ))
+    cache = str(tmp_path / "tokens.json")
+    processes = [
+        subprocess.Popen([sys.executable, str(script), fake.base_url, cache], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=_clean_env())
+        for _ in range(20)
+    ]
+    outputs = [process.communicate(timeout=SUBPROCESS_TIMEOUT) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 20
+    assert len(fake.logins) == 1
+    assert {stdout.decode().strip() for stdout, _ in outputs} == {fake.issued_tokens[0]}
+
+
+def test_cli_token_cache(fake, tmp_path):
+    cache = str(tmp_path / "tokens.json")
+    command = ["token", "-i", CONSUMER_KEY, "-o", USERNAME, "-f", str(KEY_PKCS1), "-r", fake.base_url,
+               "--ca-file", str(CA_CERT), "--cache", cache, "--format", "token"]
+    first = _run_cli(command)
+    second = _run_cli(command)
+    assert first.returncode == 0
+    assert second.stdout == first.stdout == fake.issued_tokens[0] + "\n"
+    assert len(fake.logins) == 1
