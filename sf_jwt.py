@@ -52,10 +52,15 @@ Requirements: CPython 3.6 or newer and the pure-Python ``rsa`` package
 openssl command. DER is parsed by a small strict reader in this file, so
 ``rsa``'s own dependency pyasn1 is never imported.
 
+Salesforce returns no expiry and no refresh token for this flow, and limits
+logins to about 3,600 per user per hour. ``TokenProvider`` reuses a token
+across threads and processes and logs in again when the REST API answers
+HTTP 401 (INVALID_SESSION_ID).
+
 Limitations: encrypted keys and PKCS#12 (.pfx) files are recognised and
 rejected with the openssl command that converts them. Multi-prime RSA keys are
-rejected. Salesforce returns no expiry and no refresh token for this flow: run
-it again when an API call answers HTTP 401 (INVALID_SESSION_ID).
+rejected. The private-key operation is blinded, but pure-Python arithmetic is
+not constant time.
 """
 
 import base64
