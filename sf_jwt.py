@@ -510,7 +510,34 @@ def _looks_like_base64(text: str) -> bool:
 
 def _read_key_file(path: str) -> bytes:
     """Read a key file, at most 1 MiB, turning OS errors into InvalidKeyError."""
-    return _read_small_file(path, "key file", InvalidKeyError)
+    data = _read_small_file(path, "key file", InvalidKeyError)
+    _warn_if_shared(path)
+    return data
+
+
+_shared_key_files_warned = set()  # type: typing.Set[str]
+
+
+def _warn_if_shared(path: str) -> None:
+    """Log a warning, once per path, when other users may read a key file (POSIX only)."""
+    mode = _shared_mode(path)
+    if mode is not None and path not in _shared_key_files_warned:
+        _shared_key_files_warned.add(path)
+        _logger.warning(
+            "the key file %s is accessible to other users (mode %03o): restrict it with 'chmod 600 %s'",
+            path, mode, path,
+        )
+
+
+def _shared_mode(path: str) -> typing.Optional[int]:
+    """Return the permission bits of a file that group or others may access, else None."""
+    if os.name != "posix":
+        return None
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
+    return mode if mode & 0o077 else None
 
 
 def _read_small_file(path: str, what: str, error_class: typing.Type[ConfigurationError]) -> bytes:

@@ -531,6 +531,14 @@ class _TokenEndpointHandler(http.server.BaseHTTPRequestHandler):
 # --- Fixtures ----------------------------------------------------------------
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_fixture_modes():
+    """Make fixture private keys mode 0600: git checks files out as 0644, and sf_jwt warns about those."""
+    for path in TESTDATA.iterdir():
+        if path.suffix in (".key", ".der", ".p12") or path.name == "openssh_key" or b"PRIVATE KEY" in path.read_bytes():
+            path.chmod(0o600)
+
+
 @pytest.fixture(autouse=True)
 def outside_connections(monkeypatch):
     """Block and list every host name lookup that is not loopback."""
@@ -2498,3 +2506,27 @@ def test_cli_token_cache(fake, tmp_path):
     assert first.returncode == 0
     assert second.stdout == first.stdout == fake.issued_tokens[0] + "\n"
     assert len(fake.logins) == 1
+
+
+def test_shared_key_file_warns_once(tmp_path, caplog):
+    if os.name != "posix":
+        pytest.skip("file modes are POSIX only")
+    key_file = tmp_path / "shared.pem"
+    key_file.write_bytes(KEY_PKCS1.read_bytes())
+    key_file.chmod(0o640)
+    with caplog.at_level(logging.WARNING, logger="sf_jwt"):
+        sf_jwt.load_private_key(str(key_file))
+        sf_jwt.load_private_key(str(key_file))
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        "the key file {0} is accessible to other users (mode 640): restrict it with 'chmod 600 {0}'".format(key_file)
+    ]
+
+
+def test_private_key_file_does_not_warn(tmp_path, caplog):
+    key_file = tmp_path / "private.pem"
+    key_file.write_bytes(KEY_PKCS1.read_bytes())
+    key_file.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="sf_jwt"):
+        sf_jwt.load_private_key(str(key_file))
+    assert caplog.records == []
