@@ -84,6 +84,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
+    "CheckResult",
     "ConfigurationError",
     "DecodeError",
     "InvalidKeyError",
@@ -96,7 +97,9 @@ __all__ = [
     "base64url_decode",
     "base64url_encode",
     "build_claims",
+    "check_setup",
     "create_assertion",
+    "generate_key_and_certificate",
     "get_token",
     "load_private_key",
     "main",
@@ -276,7 +279,12 @@ _TAG_BIT_STRING = 0x03
 _TAG_OCTET_STRING = 0x04
 _TAG_NULL = 0x05
 _TAG_OID = 0x06
+_TAG_UTF8_STRING = 0x0C
+_TAG_PRINTABLE_STRING = 0x13
+_TAG_UTC_TIME = 0x17
+_TAG_GENERALIZED_TIME = 0x18
 _TAG_SEQUENCE = 0x30
+_TAG_SET = 0x31
 _TAG_CONTEXT_0 = 0xA0
 
 _OID_RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
@@ -1509,13 +1517,18 @@ def _default_audience(login_url: str) -> str:
 
     if login_url.lower() in (_PRODUCTION_LOGIN_URL, _SANDBOX_LOGIN_URL):
         return login_url.lower()
-    host = (urlsplit(login_url).hostname or "").rstrip(".")
-    sandbox = (
+    host = urlsplit(login_url).hostname or ""
+    return _SANDBOX_LOGIN_URL if _is_sandbox_host(host) else _PRODUCTION_LOGIN_URL
+
+
+def _is_sandbox_host(host: str) -> bool:
+    """Tell whether a host is a sandbox or scratch org's My Domain."""
+    host = host.lower().rstrip(".")
+    return (
         host.endswith(".sandbox.my.salesforce.com")
         or host.endswith(".scratch.my.salesforce.com")
         or (host.endswith(".my.salesforce.com") and "--" in host)
     )
-    return _SANDBOX_LOGIN_URL if sandbox else _PRODUCTION_LOGIN_URL
 
 
 def get_token(
@@ -2071,8 +2084,13 @@ def _decode_jwt(
     return parts[0], parts[1], signing_input, signature
 
 
-def _certificate_public_numbers(path: str) -> typing.Tuple[int, int]:
-    """Read the RSA public key (n, e) from an X.509 certificate file, PEM or DER."""
+_Certificate = typing.NamedTuple("_Certificate", [
+    ("n", int), ("e", int), ("not_before", datetime.datetime), ("not_after", datetime.datetime), ("size", int),
+])
+
+
+def _load_certificate(path: str) -> _Certificate:
+    """Read an X.509 certificate file, PEM or DER, with an RSA key."""
     data = _read_small_file(path, "certificate file", ConfigurationError)
     origin = _KeyOrigin("the certificate file {}".format(path), path)
     text = _decode_text(data)
@@ -2083,33 +2101,444 @@ def _certificate_public_numbers(path: str) -> typing.Tuple[int, int]:
         data = _pem_block_der(blocks[0], origin)
 
     try:
-        return _rsa_public_numbers_from_certificate(data)
+        return _parse_certificate(data)
     except _DERError as error:
         raise ConfigurationError("{} is not an X.509 certificate with an RSA key ({})".format(path, error)) from None
 
 
-def _rsa_public_numbers_from_certificate(der: bytes) -> typing.Tuple[int, int]:
-    """Find the SubjectPublicKeyInfo in a certificate (RFC 5280 section 4.1) and decode it."""
+def _parse_certificate(der: bytes) -> _Certificate:
+    """Decode the RSA key and validity of a certificate (RFC 5280 section 4.1)."""
     items = _der_sequence(der)
     if len(items) != 3 or items[0][0] != _TAG_SEQUENCE:
         raise _DERError("not a certificate")
     fields = _der_children(items[0][1], 0, len(items[0][1]))
     if fields and fields[0][0] == _TAG_CONTEXT_0:
         fields = fields[1:]
-    if len(fields) < 6 or fields[5][0] != _TAG_SEQUENCE:
-        raise _DERError("no SubjectPublicKeyInfo")
+    if len(fields) < 6 or fields[3][0] != _TAG_SEQUENCE or fields[5][0] != _TAG_SEQUENCE:
+        raise _DERError("no validity or SubjectPublicKeyInfo")
 
-    algorithm, public_key = _der_children(fields[5][1], 0, len(fields[5][1]))[:2]
-    oid = _der_oid(_der_children(algorithm[1], 0, len(algorithm[1]))[0])
+    validity = _der_children(fields[3][1], 0, len(fields[3][1]))
+    if len(validity) != 2:
+        raise _DERError("malformed validity")
+    n, e = _rsa_public_numbers_from_key_info(fields[5][1])
+    return _Certificate(n, e, _der_time(validity[0]), _der_time(validity[1]), len(der))
+
+
+def _rsa_public_numbers_from_key_info(content: bytes) -> typing.Tuple[int, int]:
+    """Decode the content of an RSA SubjectPublicKeyInfo into (n, e)."""
+    parts = _der_children(content, 0, len(content))
+    if len(parts) != 2 or parts[0][0] != _TAG_SEQUENCE:
+        raise _DERError("malformed SubjectPublicKeyInfo")
+    oid = _der_oid(_der_children(parts[0][1], 0, len(parts[0][1]))[0])
     if oid != _OID_RSA_ENCRYPTION:
         raise _DERError("the key is {}, not RSA".format(_OID_NAMES.get(oid, oid)))
-    if public_key[0] != _TAG_BIT_STRING or public_key[1][:1] != b"\x00":
+    if parts[1][0] != _TAG_BIT_STRING or parts[1][1][:1] != b"\x00":
         raise _DERError("malformed public key BIT STRING")
 
-    numbers = _der_sequence(public_key[1][1:])
+    numbers = _der_sequence(parts[1][1][1:])
     if len(numbers) != 2:
         raise _DERError("malformed RSAPublicKey")
     return _der_integer(numbers[0]), _der_integer(numbers[1])
+
+
+def _der_time(element: typing.Tuple[int, bytes]) -> datetime.datetime:
+    """Decode a UTCTime or GeneralizedTime of the form X.509 requires (RFC 5280 section 4.1.2.5)."""
+    tag, content = element
+    formats = {_TAG_UTC_TIME: "%y%m%d%H%M%SZ", _TAG_GENERALIZED_TIME: "%Y%m%d%H%M%SZ"}
+    if tag not in formats:
+        raise _DERError("expected a UTCTime or GeneralizedTime")
+    try:
+        when = datetime.datetime.strptime(content.decode("ascii"), formats[tag])
+    except (UnicodeDecodeError, ValueError):
+        raise _DERError("malformed time") from None
+    if tag == _TAG_UTC_TIME and when.year >= 2050:
+        when = when.replace(year=when.year - 100)  # UTCTime years 50 to 99 are 1950 to 1999
+    return when.replace(tzinfo=datetime.timezone.utc)
+
+
+# --- Setting up: a key pair and a self-signed certificate ---------------------
+
+_OID_SHA256_WITH_RSA = "1.2.840.113549.1.1.11"
+_OID_BASIC_CONSTRAINTS = "2.5.29.19"
+_OID_SUBJECT_KEY_IDENTIFIER = "2.5.29.14"
+# Attribute types a --subject may name (RFC 5280 appendix A.1).
+_NAME_ATTRIBUTES = {
+    "CN": "2.5.4.3", "C": "2.5.4.6", "L": "2.5.4.7", "ST": "2.5.4.8", "O": "2.5.4.10", "OU": "2.5.4.11",
+}
+_KEYGEN_BITS = (2048, 3072, 4096)
+_MAX_CERTIFICATE_DAYS = 36500
+
+
+def generate_key_and_certificate(
+    bits: int = 2048, days: int = 730, common_name: str = "sf_jwt", subject: typing.Optional[str] = None
+) -> typing.Tuple[bytes, bytes]:
+    """Generate an RSA key and a self-signed certificate for a Connected App.
+
+    The certificate is X.509 v3, signed with sha256WithRSAEncryption, valid
+    from now for ``days`` days, with a random positive serial number,
+    basicConstraints CA:FALSE and a subjectKeyIdentifier. Key generation runs
+    in pure Python: a 4096-bit key can take a minute.
+
+    Args:
+        bits: The key size: 2048, 3072 or 4096.
+        days: How long the certificate is valid, 1 to 36500 days. Salesforce
+            keeps accepting a certificate after it expires.
+        common_name: The CN of subject and issuer, when ``subject`` is None.
+        subject: A distinguished name such as ``CN=my app,O=Acme`` or
+            ``/CN=my app/O=Acme``, with CN, O, OU, L, ST and C.
+
+    Returns:
+        The private key as PKCS#8 PEM, and the certificate as PEM.
+
+    Raises:
+        ConfigurationError: An argument is invalid.
+    """
+    if bits not in _KEYGEN_BITS:
+        raise ConfigurationError("bits must be 2048, 3072 or 4096, got {!r}".format(bits))
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= _MAX_CERTIFICATE_DAYS:
+        raise ConfigurationError(
+            "days must be a whole number from 1 to {}, got {!r}".format(_MAX_CERTIFICATE_DAYS, days)
+        )
+    name = _encode_name(subject if subject is not None else "CN=" + _checked_text("common_name", common_name))
+
+    _, private = rsa.newkeys(bits)
+    key = SigningKey(_checked_rsa_key(private.n, private.e, private.d, private.p, private.q))
+
+    certificate = _self_signed_certificate(key, name, days)
+    return _pem("PRIVATE KEY", _pkcs8_der(key.rsa_key)), _pem("CERTIFICATE", certificate)
+
+
+def _encode_name(subject: str) -> bytes:
+    """Encode a distinguished name such as CN=x,O=y or /CN=x/O=y, one attribute per RDN."""
+    subject = _checked_text("subject", subject)
+    separator = "/" if subject.startswith("/") else ","
+    rdns = []
+    for part in [part.strip() for part in subject.strip("/").split(separator)]:
+        label, _, value = part.partition("=")
+        label, value = label.strip().upper(), value.strip()
+        if label not in _NAME_ATTRIBUTES or not value:
+            raise ConfigurationError("subject {!r} is not a list of NAME=value with NAME one of {}".format(
+                subject, ", ".join(_NAME_ATTRIBUTES)))
+        if label == "C" and not re.match(r"\A[A-Z]{2}\Z", value):
+            raise ConfigurationError("subject country C must be two capital letters, got {!r}".format(value))
+        tag = _TAG_PRINTABLE_STRING if label == "C" else _TAG_UTF8_STRING
+        attribute_type = _der_encode_oid(_NAME_ATTRIBUTES[label])
+        attribute = _der_encode(_TAG_SEQUENCE, attribute_type + _der_encode(tag, value.encode("utf-8")))
+        rdns.append(_der_encode(_TAG_SET, attribute))
+    return _der_encode(_TAG_SEQUENCE, b"".join(rdns))
+
+
+def _self_signed_certificate(key: SigningKey, name: bytes, days: int) -> bytes:
+    """Build and sign an X.509 v3 certificate whose subject and issuer are ``name``."""
+    import secrets
+
+    n, e = key.public_numbers
+    public_key_info = _der_encode_rsa_public_key_info(n, e)
+    rsa_public_key = _der_encode(_TAG_SEQUENCE, _der_encode_integer(n) + _der_encode_integer(e))
+    signature_algorithm = _der_encode(
+        _TAG_SEQUENCE, _der_encode_oid(_OID_SHA256_WITH_RSA) + _der_encode(_TAG_NULL, b"")
+    )
+
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    validity = _der_encode(_TAG_SEQUENCE, _der_encode_time(now) + _der_encode_time(now + datetime.timedelta(days=days)))
+    serial = secrets.randbits(127) | 1  # positive, below 2**127, never zero (RFC 5280 section 4.1.2.2)
+
+    basic_constraints = _der_encode_extension(_OID_BASIC_CONSTRAINTS, True, _der_encode(_TAG_SEQUENCE, b""))
+    key_identifier = _der_encode(_TAG_OCTET_STRING, hashlib.sha1(rsa_public_key).digest())
+    subject_key_identifier = _der_encode_extension(_OID_SUBJECT_KEY_IDENTIFIER, False, key_identifier)
+    extensions = _der_encode(0xA3, _der_encode(_TAG_SEQUENCE, basic_constraints + subject_key_identifier))
+
+    tbs_certificate = _der_encode(_TAG_SEQUENCE, b"".join([
+        _der_encode(_TAG_CONTEXT_0, _der_encode_integer(2)),  # version 3
+        _der_encode_integer(serial),
+        signature_algorithm,
+        name,
+        validity,
+        name,
+        public_key_info,
+        extensions,
+    ]))
+    signature = sign_rs256(tbs_certificate, key)
+    return _der_encode(
+        _TAG_SEQUENCE, tbs_certificate + signature_algorithm + _der_encode(_TAG_BIT_STRING, b"\x00" + signature)
+    )
+
+
+def _der_encode_oid(dotted: str) -> bytes:
+    """Encode an OBJECT IDENTIFIER from its dotted form."""
+    arcs = [int(arc) for arc in dotted.split(".")]
+    content = bytearray()
+    for arc in [40 * arcs[0] + arcs[1]] + arcs[2:]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        content.extend(reversed(chunk))
+    return _der_encode(_TAG_OID, bytes(content))
+
+
+def _der_encode_time(when: datetime.datetime) -> bytes:
+    """Encode UTCTime up to 2049 and GeneralizedTime after, as RFC 5280 section 4.1.2.5 requires."""
+    if when.year < 2050:
+        return _der_encode(_TAG_UTC_TIME, when.strftime("%y%m%d%H%M%SZ").encode("ascii"))
+    return _der_encode(_TAG_GENERALIZED_TIME, when.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+
+
+def _der_encode_extension(oid: str, critical: bool, value: bytes) -> bytes:
+    flag = _der_encode(0x01, b"\xff") if critical else b""  # BOOLEAN TRUE; FALSE is left out in DER
+    return _der_encode(_TAG_SEQUENCE, _der_encode_oid(oid) + flag + _der_encode(_TAG_OCTET_STRING, value))
+
+
+def _pkcs8_der(key: rsa.PrivateKey) -> bytes:
+    """Encode a PKCS#8 PrivateKeyInfo holding a PKCS#1 RSAPrivateKey."""
+    numbers = [0, key.n, key.e, key.d, key.p, key.q, key.exp1, key.exp2, key.coef]
+    rsa_private_key = _der_encode(_TAG_SEQUENCE, b"".join(_der_encode_integer(number) for number in numbers))
+    algorithm = _der_encode(_TAG_SEQUENCE, _der_encode_oid(_OID_RSA_ENCRYPTION) + _der_encode(_TAG_NULL, b""))
+    return _der_encode(
+        _TAG_SEQUENCE, _der_encode_integer(0) + algorithm + _der_encode(_TAG_OCTET_STRING, rsa_private_key)
+    )
+
+
+def _pem(label: str, der: bytes) -> bytes:
+    """Wrap DER in PEM armour with 64-character lines (RFC 7468)."""
+    body = base64.b64encode(der).decode("ascii")
+    lines = [body[start:start + 64] for start in range(0, len(body), 64)]
+    return "-----BEGIN {0}-----\n{1}\n-----END {0}-----\n".format(label, "\n".join(lines)).encode("ascii")
+
+
+# --- Diagnosing a setup: check -------------------------------------------------
+
+CheckResult = typing.NamedTuple("CheckResult", [("name", str), ("status", str), ("message", str)])
+CheckResult.__doc__ = """One result of check_setup.
+
+``status`` is PASS, WARN or FAIL, and ``message`` says what was found and the fix.
+"""
+
+# Clock skew limits: exp is only 180 s ahead, so a clock 120 s off leaves little margin.
+_SKEW_WARN_SECONDS = 30
+_SKEW_FAIL_SECONDS = 120
+_CERTIFICATE_WARN_DAYS = 30
+_MAX_CERTIFICATE_BYTES = 4096  # Salesforce's limit for an uploaded certificate
+
+
+def check_setup(
+    client_id: str,
+    username: str,
+    private_key: typing.Any,
+    login_url: str = _PRODUCTION_LOGIN_URL,
+    audience: typing.Optional[str] = None,
+    cert_file: typing.Optional[str] = None,
+    ca_file: typing.Optional[str] = None,
+    timeout: float = _DEFAULT_TIMEOUT,
+    offline: bool = False,
+) -> typing.List[CheckResult]:
+    """Check a JWT bearer setup step by step and say what to fix.
+
+    Checks the key, the certificate uploaded to the Connected App (if
+    ``cert_file`` is given), the claims and whether login URL, username and
+    audience agree. Unless ``offline``: TLS to the login host with the CA store
+    in use, the proxy in effect, the clock against the login host's ``Date``,
+    a real token request, and the identity URL with the new token.
+
+    Returns:
+        The results, in order. Nothing is raised for a failed check.
+    """
+    results = []  # type: typing.List[CheckResult]
+    key = _check_key(private_key, results)
+    if cert_file is not None:
+        _check_certificate(cert_file, key, results)
+    else:
+        results.append(CheckResult("certificate", "WARN", "not checked: pass --cert with the certificate uploaded "
+                                   "to the Connected App to check that it matches the key"))
+
+    try:
+        login_url = _normalized_login_url(login_url)
+    except ConfigurationError as error:
+        results.append(CheckResult("login URL", "FAIL", str(error)))
+        return results
+    try:
+        claims = build_claims(client_id, username, audience if audience is not None else _default_audience(login_url))
+    except ConfigurationError as error:
+        results.append(CheckResult("claims", "FAIL", str(error)))
+        return results
+    results.append(CheckResult("claims", "PASS", "iss={iss}, sub={sub}, aud={aud}, exp=now+180".format(**claims)))
+    results.append(_check_plausibility(login_url, claims["aud"], claims["sub"], audience))
+
+    if not offline and key is not None:
+        _check_online(login_url, claims, key, ca_file, timeout, results)
+    return results
+
+
+def _check_key(private_key: typing.Any, results: typing.List[CheckResult]) -> typing.Optional[SigningKey]:
+    try:
+        key = load_private_key(private_key)
+    except InvalidKeyError as error:
+        results.append(CheckResult("key", "FAIL", str(error)))
+        return None
+    size = "WARN" if key.bits < 2048 else "PASS"
+    advice = ": make a 2048-bit key with 'sf-jwt keygen'" if key.bits < 2048 else ""
+    results.append(CheckResult("key", size, "RSA {} bits, {}{}".format(key.bits, key.fingerprint, advice)))
+
+    if isinstance(private_key, (str, os.PathLike)) and os.path.isfile(os.fspath(private_key)):
+        path = os.fspath(private_key)
+        mode = _shared_mode(path)
+        if mode is not None:
+            results.append(CheckResult("key file mode", "WARN", "{} is accessible to other users (mode {:03o}): "
+                                       "restrict it with 'chmod 600 {}'".format(path, mode, path)))
+        elif os.name == "posix":
+            results.append(CheckResult("key file mode", "PASS", "only the owner can read {}".format(path)))
+    return key
+
+
+def _check_certificate(cert_file: str, key: typing.Optional[SigningKey], results: typing.List[CheckResult]) -> None:
+    try:
+        certificate = _load_certificate(cert_file)
+    except ConfigurationError as error:
+        results.append(CheckResult("certificate", "FAIL", str(error)))
+        return
+    if key is not None and (certificate.n, certificate.e) != key.public_numbers:
+        results.append(CheckResult("certificate", "FAIL", "{} belongs to another key: upload the certificate made "
+                                   "with this key, or use the key that belongs to it".format(cert_file)))
+        return
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    until = certificate.not_after.date().isoformat()
+    if certificate.size > _MAX_CERTIFICATE_BYTES:
+        status, message = "WARN", "{} is {} bytes; Salesforce accepts at most 4 KB".format(cert_file, certificate.size)
+    elif certificate.not_after < now:
+        status, message = "WARN", "{} expired on {}: Salesforce still accepts it, but replace it before someone " \
+            "else notices".format(cert_file, until)
+    elif certificate.not_after - now < datetime.timedelta(days=_CERTIFICATE_WARN_DAYS):
+        status, message = "WARN", "{} expires on {}: plan its replacement".format(cert_file, until)
+    else:
+        status, message = "PASS", "{} matches the key and is valid until {}".format(cert_file, until)
+    results.append(CheckResult("certificate", status, message))
+
+
+def _check_plausibility(
+    login_url: str, audience: str, username: str, audience_given: typing.Optional[str]
+) -> CheckResult:
+    """Warn when login URL, username and audience point at different kinds of org."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(login_url).hostname or ""
+    sandbox_host = host == "test.salesforce.com" or _is_sandbox_host(host)
+    sandbox_user = _looks_like_sandbox_username(username)
+
+    if audience_given is not None and (urlsplit(audience_given.strip()).path not in ("",)):
+        return CheckResult("org kind", "WARN", "the audience {} has a path or a trailing slash: Salesforce expects "
+                           "an origin such as https://login.salesforce.com".format(audience_given.strip()))
+    if (sandbox_host or sandbox_user) and audience == _PRODUCTION_LOGIN_URL:
+        clue = "login URL {}".format(login_url) if sandbox_host else "username {}".format(username)
+        return CheckResult("org kind", "WARN", "the {} looks like a sandbox, but the audience is production: use "
+                           "--sandbox or --audience https://test.salesforce.com".format(clue))
+    if audience == _SANDBOX_LOGIN_URL and not sandbox_host and not sandbox_user:
+        return CheckResult("org kind", "WARN", "the audience is https://test.salesforce.com (sandboxes), but login "
+                           "URL and username look like production: drop --sandbox or the audience")
+    kind = "sandbox" if audience == _SANDBOX_LOGIN_URL else "production or My Domain"
+    return CheckResult("org kind", "PASS", "login URL, username and audience agree ({})".format(kind))
+
+
+def _looks_like_sandbox_username(username: str) -> bool:
+    """Tell whether a username ends in a sandbox suffix, as in user@example.com.dev."""
+    labels = username.rpartition("@")[2].lower().split(".")
+    return len(labels) >= 3 and labels[-2] in ("com", "org", "net", "edu", "gov", "io", "co", "biz", "info")
+
+
+def _check_online(
+    login_url: str, claims: typing.Dict[str, typing.Any], key: SigningKey, ca_file: typing.Optional[str],
+    timeout: float, results: typing.List[CheckResult],
+) -> None:
+    """Check proxy, TLS, clock, a real token request and the identity URL."""
+    try:
+        context = _ssl_context(ca_file)
+        timeout = _checked_timeout(timeout)
+    except ConfigurationError as error:
+        results.append(CheckResult("TLS", "FAIL", str(error)))
+        return
+    results.append(_check_proxy(login_url))
+
+    try:
+        status, headers, _ = _http_request("HEAD", login_url + "/", None, {}, timeout, context)
+    except TransportError as error:
+        results.append(CheckResult("TLS", "FAIL", str(error)))
+        return
+    results.append(CheckResult("TLS", "PASS", "{} answered HTTP {} over verified TLS, trusting {}".format(
+        _host_of(login_url), status, _describe_ca_store(ca_file))))
+    results.append(_check_clock(headers.get("Date"), login_url))
+
+    try:
+        assertion = create_assertion(claims["iss"], claims["sub"], key, audience=claims["aud"])
+        token = request_token(assertion, login_url + _TOKEN_PATH, timeout=timeout, ssl_context=context)
+    except (AuthenticationError, TransportError) as error:
+        results.append(CheckResult("token request", "FAIL", str(error)))
+        return
+    results.append(CheckResult("token request", "PASS", "Salesforce issued a token for {}".format(token.instance_url)))
+    results.append(_check_identity(token, timeout, context))
+
+
+def _check_proxy(login_url: str) -> CheckResult:
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    proxy = urllib.request.getproxies().get("https")
+    if not proxy or urllib.request.proxy_bypass(urlsplit(login_url).hostname or ""):
+        return CheckResult("proxy", "PASS", "no proxy for {}".format(_host_of(login_url)))
+    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    shown = "{}://{}{}".format(parts.scheme, parts.hostname, ":{}".format(parts.port) if parts.port else "")
+    return CheckResult("proxy", "PASS", "requests to {} go through {} (from the environment, such as "
+                       "HTTPS_PROXY)".format(_host_of(login_url), shown))
+
+
+def _describe_ca_store(ca_file: typing.Optional[str]) -> str:
+    import ssl
+
+    if ca_file is not None:
+        return "the CA file {}".format(ca_file)
+    if os.environ.get("SSL_CERT_FILE"):
+        return "the CA file {} (from SSL_CERT_FILE)".format(os.environ["SSL_CERT_FILE"])
+    paths = ssl.get_default_verify_paths()
+    return "the system CA store ({})".format(paths.cafile or paths.capath or "the platform's default")
+
+
+def _check_clock(date_header: typing.Optional[str], login_url: str) -> CheckResult:
+    import email.utils
+
+    try:
+        server_time = email.utils.parsedate_to_datetime(date_header or "")
+    except (TypeError, ValueError, IndexError):
+        server_time = None
+    if server_time is None or server_time.tzinfo is None:
+        return CheckResult("clock", "WARN", "{} sent no usable Date header, so the clock was not "
+                           "compared".format(_host_of(login_url)))
+
+    skew = time.time() - server_time.timestamp()
+    message = "this host's clock is {:+.0f} s off {}".format(skew, _host_of(login_url))
+    if abs(skew) > _SKEW_FAIL_SECONDS:
+        return CheckResult("clock", "FAIL", message + ": the assertion expires 180 s after it is made, so "
+                           "synchronise the clock (NTP)")
+    if abs(skew) > _SKEW_WARN_SECONDS:
+        return CheckResult("clock", "WARN", message + ": synchronise the clock (NTP) before it grows")
+    return CheckResult("clock", "PASS", message)
+
+
+def _check_identity(token: Token, timeout: float, context: typing.Any) -> CheckResult:
+    """Call the identity URL with the new token, which proves the token works."""
+    if not token.id:
+        return CheckResult("identity", "WARN", "the token response has no identity URL (id) to try the token on")
+    headers = {"Authorization": "Bearer " + token.access_token, "Accept": "application/json"}
+    try:
+        status, _, body = _http_request("GET", token.id, None, headers, timeout, context)
+    except TransportError as error:
+        return CheckResult("identity", "FAIL", str(error))
+    identity = _json_object(body) or {}
+    if status != 200:
+        return CheckResult("identity", "FAIL", "the identity URL answered HTTP {} to the new token: check the "
+                           "Connected App's OAuth scopes (api, and refresh_token, offline_access)".format(status))
+    organization = _clean_server_text(identity.get("organization_id")) or "?"
+    user = _clean_server_text(identity.get("username")) or "?"
+    return CheckResult("identity", "PASS", "the token works: organization {}, user {}".format(organization, user))
 
 
 # --- Command line -----------------------------------------------------------
@@ -2156,12 +2585,32 @@ def _build_parser() -> typing.Any:
 
     decode = commands.add_parser("decode", help="print the header and claims of a JWT and check its signature")
     decode.add_argument("jwt", metavar="JWT", help="the JWT, or - to read it from stdin")
-    check = decode.add_mutually_exclusive_group()
-    check.add_argument("--cert", metavar="FILE", help="verify the signature with this X.509 certificate")
-    check.add_argument("--jwt-key-file", "-f", metavar="FILE", help="verify the signature with this private key")
+    verify_with = decode.add_mutually_exclusive_group()
+    verify_with.add_argument("--cert", metavar="FILE", help="verify the signature with this X.509 certificate")
+    verify_with.add_argument("--jwt-key-file", "-f", metavar="FILE", help="verify the signature with this private key")
     decode.set_defaults(run=_run_decode)
 
-    for subparser in (token, assertion, decode):
+    keygen = commands.add_parser("keygen", help="make a private key and a certificate for a Connected App")
+    keygen.add_argument("--out", required=True, metavar="NAME", help="write NAME.key and NAME.crt")
+    keygen.add_argument("--bits", type=int, choices=_KEYGEN_BITS, default=2048, help="key size (default: 2048)")
+    keygen.add_argument("--days", type=int, default=730, help="days the certificate is valid (default: 730)")
+    keygen.add_argument("--subject", metavar="DN", help='certificate subject, such as "CN=my app,O=Acme" '
+                        '(default: CN=NAME)')
+    keygen.add_argument("--force", action="store_true", help="overwrite NAME.key and NAME.crt if they exist")
+    keygen.set_defaults(run=_run_keygen)
+
+    check = commands.add_parser("check", help="check the setup step by step and say what to fix")
+    _add_login_arguments(check)
+    check.add_argument("--cert", metavar="FILE", help="the certificate uploaded to the Connected App")
+    check.add_argument("--ca-file", metavar="FILE",
+                       help="PEM bundle of CA certificates to trust instead of the system store")
+    check.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help="seconds to wait to connect and for each read (default: %(default)s)")
+    check.add_argument("--offline", action="store_true", help="skip the checks that use the network")
+    check.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    check.set_defaults(run=_run_check)
+
+    for subparser in (token, assertion, decode, keygen, check):
         subparser.add_argument("-v", "--verbose", default=argparse.SUPPRESS, **verbose)
     return parser
 
@@ -2182,8 +2631,14 @@ def _version_text() -> str:
     return "sf-jwt {} (rsa {}, Python {})".format(__version__, rsa.__version__, sys.version.split()[0])
 
 
-def _login_settings(args: typing.Any, environ: typing.Mapping[str, str]) -> typing.Dict[str, typing.Any]:
-    """Combine options and environment variables; options win."""
+def _login_settings(
+    args: typing.Any, environ: typing.Mapping[str, str], normalize_login_url: bool = True
+) -> typing.Dict[str, typing.Any]:
+    """Combine options and environment variables; options win.
+
+    With normalize_login_url False, a bad login URL is passed on as it is, for
+    check to report.
+    """
     def setting(option: typing.Optional[str], variable: str) -> typing.Optional[str]:
         return option if option else (environ.get(variable) or None)
 
@@ -2200,7 +2655,7 @@ def _login_settings(args: typing.Any, environ: typing.Mapping[str, str]) -> typi
         "client_id": setting(args.client_id, "SF_CLIENT_ID"),
         "username": setting(args.username, "SF_USERNAME"),
         "private_key": key,
-        "login_url": _normalized_login_url(login_url or _PRODUCTION_LOGIN_URL),
+        "login_url": login_url or _PRODUCTION_LOGIN_URL,
         "audience": setting(args.audience, "SF_AUDIENCE_URL"),
     }
     missing = [
@@ -2214,6 +2669,8 @@ def _login_settings(args: typing.Any, environ: typing.Mapping[str, str]) -> typi
     ]
     if missing:
         raise ConfigurationError("missing: " + "; ".join(missing))
+    if normalize_login_url:
+        settings["login_url"] = _normalized_login_url(settings["login_url"])
     return settings
 
 
@@ -2258,7 +2715,8 @@ def _run_decode(args: typing.Any) -> int:
 
     numbers = None
     if args.cert:
-        numbers = _certificate_public_numbers(args.cert)
+        certificate = _load_certificate(args.cert)
+        numbers = certificate.n, certificate.e
     elif args.jwt_key_file:
         numbers = load_private_key(args.jwt_key_file).public_numbers
     valid = numbers is not None and header.get("alg") == "RS256" and _verify_rs256(signing_input, signature, *numbers)
@@ -2272,6 +2730,84 @@ def _run_decode(args: typing.Any) -> int:
         )
         return _EXIT_REJECTED
     return _EXIT_OK
+
+
+def _run_keygen(args: typing.Any) -> int:
+    paths = [args.out + ".key", args.out + ".crt"]
+    existing = [path for path in paths if os.path.exists(path)]
+    if existing and not args.force:
+        raise ConfigurationError("{} already {}: pass --force to overwrite, or choose another --out".format(
+            " and ".join(existing), "exists" if len(existing) == 1 else "exist"))
+    subject = args.subject if args.subject is not None else "CN=" + os.path.basename(args.out)
+
+    key_pem, certificate_pem = _with_progress(
+        "generating a {}-bit RSA key in pure Python (this can take a minute)".format(args.bits),
+        lambda: generate_key_and_certificate(args.bits, args.days, subject=subject),
+    )
+    _write_new_file(paths[0], key_pem, 0o600, args.force)
+    _write_new_file(paths[1], certificate_pem, 0o644, args.force)
+
+    print("wrote {} (the private key: keep it secret, on the server that logs in)".format(paths[0]))
+    print("wrote {} (the certificate, valid for {} days)".format(paths[1], args.days))
+    print("next: in Setup, open the Connected App, tick 'Use digital signatures' and upload {}; then run".format(
+        paths[1]))
+    print("  sf-jwt check --client-id CONSUMER_KEY --username USERNAME --jwt-key-file {} --cert {}".format(*paths))
+    return _EXIT_OK
+
+
+def _with_progress(message: str, work: typing.Callable[[], typing.Any]) -> typing.Any:
+    """Run work while printing a dot a second on stderr."""
+    import threading
+
+    finished = threading.Event()
+
+    def show_dots() -> None:
+        while not finished.wait(1.0):
+            print(".", end="", file=sys.stderr, flush=True)
+
+    print(message, end="", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    dots = threading.Thread(target=show_dots, daemon=True)
+    dots.start()
+    try:
+        return work()
+    finally:
+        finished.set()
+        dots.join()
+        print(" done in {:.1f} s".format(time.monotonic() - started), file=sys.stderr)
+
+
+def _write_new_file(path: str, data: bytes, mode: int, replace: bool) -> None:
+    """Write a file created with ``mode``; replace an existing one only if ``replace``."""
+    import tempfile
+
+    try:
+        if replace:
+            handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+            os.chmod(temporary, mode)
+        else:
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+        with os.fdopen(handle, "wb") as output:
+            output.write(data)
+        if replace:
+            os.replace(temporary, path)
+    except FileExistsError:
+        raise ConfigurationError("{} already exists: pass --force to overwrite it".format(path)) from None
+    except OSError as error:
+        raise ConfigurationError("cannot write {}: {}".format(path, error.strerror or error)) from None
+
+
+def _run_check(args: typing.Any) -> int:
+    settings = _login_settings(args, os.environ, normalize_login_url=False)
+    results = check_setup(cert_file=args.cert, ca_file=args.ca_file, timeout=args.timeout, offline=args.offline,
+                          **settings)
+
+    if args.format == "json":
+        print(json.dumps([result._asdict() for result in results], indent=2))
+    else:
+        for result in results:
+            print("{:<5} {:<14} {}".format(result.status, result.name, result.message))
+    return _EXIT_REJECTED if any(result.status == "FAIL" for result in results) else _EXIT_OK
 
 
 def _print_error(message: typing.Any) -> None:
