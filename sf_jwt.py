@@ -2513,8 +2513,8 @@ def _check_clock(date_header: typing.Optional[str], login_url: str) -> CheckResu
         return CheckResult("clock", "WARN", "{} sent no usable Date header, so the clock was not "
                            "compared".format(_host_of(login_url)))
 
-    skew = time.time() - server_time.timestamp()
-    message = "this host's clock is {:+.0f} s off {}".format(skew, _host_of(login_url))
+    skew = int(round(time.time() - server_time.timestamp()))
+    message = "this host's clock is {:+d} s off {}".format(skew, _host_of(login_url))
     if abs(skew) > _SKEW_FAIL_SECONDS:
         return CheckResult("clock", "FAIL", message + ": the assertion expires 180 s after it is made, so "
                            "synchronise the clock (NTP)")
@@ -2544,7 +2544,7 @@ def _check_identity(token: Token, timeout: float, context: typing.Any) -> CheckR
 # --- Command line -----------------------------------------------------------
 
 _EXIT_OK = 0
-_EXIT_REJECTED = 1  # Salesforce rejected the login, or decode found a bad signature
+_EXIT_REJECTED = 1  # Salesforce rejected the login, decode found a bad signature, or a check failed
 _EXIT_USAGE = 2  # a missing option or bad input, such as an unusable key file
 _EXIT_TRANSPORT = 3  # network, TLS or server failure
 _EXIT_INTERNAL = 70  # a bug in sf_jwt (EX_SOFTWARE of sysexits.h)
@@ -2556,7 +2556,8 @@ def _build_parser() -> typing.Any:
     parser = argparse.ArgumentParser(
         prog="sf-jwt",
         description="Log in to Salesforce with the OAuth 2.0 JWT bearer flow.",
-        epilog="Exit codes: 0 success, 1 rejected by Salesforce (or a signature that does not verify), "
+        epilog="Exit codes: 0 success, 1 rejected by Salesforce (or a signature that does not verify, or a "
+        "failed check), "
         "2 bad usage or input, 3 network, TLS or server failure.",
     )
     parser.add_argument("--version", action="version", version=_version_text())
