@@ -69,10 +69,8 @@ import contextlib
 import datetime
 import hashlib
 import json
-import logging
 import math
 import os
-import random
 import re
 import sys
 import time
@@ -107,7 +105,30 @@ __all__ = [
     "sign_rs256",
 ]
 
-_logger = logging.getLogger(__name__)
+
+
+class _Logger(object):
+    """The module's logger, created on first use.
+
+    Importing logging takes longer than importing the rest of this module.
+    While nothing has imported logging, nothing can have configured it, and its
+    default level (WARNING) drops debug and info records, so those calls return
+    at once. Warnings always go through logging.
+    """
+
+    def __getattr__(self, name: str) -> typing.Any:
+        if name in ("debug", "info") and "logging" not in sys.modules:
+            return _ignore_log_record
+        import logging
+
+        return getattr(logging.getLogger(__name__), name)
+
+
+def _ignore_log_record(*args: typing.Any, **kwargs: typing.Any) -> None:
+    return None
+
+
+_logger = _Logger()  # type: typing.Any
 
 # --- Constants -------------------------------------------------------------
 
@@ -967,10 +988,11 @@ def _checked_lifetime(lifetime: typing.Any) -> int:
 def sign_rs256(signing_input: bytes, key: typing.Any) -> bytes:
     """Sign with RSASSA-PKCS1-v1_5 and SHA-256 (RFC 8017 section 8.2), the JWS "RS256".
 
-    The private-key operation is ``rsa``'s blinded one, which uses the Chinese
-    Remainder Theorem from rsa 4.8 on. The result is checked with the public
-    exponent before it is returned, because a faulty CRT result would reveal
-    the key.
+    The private-key operation is blinded with ``rsa``'s own blinding factor and
+    computed here with the Chinese Remainder Theorem, which rsa 4.7 does not use
+    and which is about three times faster than the full exponent. The result is
+    checked with the public exponent before it is returned, because a faulty
+    CRT result would reveal the key.
 
     Args:
         signing_input: The bytes to sign, for JWS ``header.claims`` in base64url.
@@ -982,13 +1004,17 @@ def sign_rs256(signing_input: bytes, key: typing.Any) -> bytes:
     if not isinstance(signing_input, (bytes, bytearray)):
         raise TypeError("sign_rs256 signs bytes, not {}".format(type(signing_input).__name__))
     key = _as_signing_key(key)
-    n, e = key.public_numbers
+    private = key.rsa_key
 
     encoded = _emsa_pkcs1_v15_sha256(bytes(signing_input), key._size)
     message = int.from_bytes(encoded, "big")
-    signature = key.rsa_key.blinded_decrypt(message)
 
-    if pow(signature, e, n) != message:
+    blinded, unblinding_factor = private.blind(message)
+    mod_p = pow(blinded, private.exp1, private.p)
+    mod_q = pow(blinded, private.exp2, private.q)
+    signature = private.unblind(mod_q + private.q * ((mod_p - mod_q) * private.coef % private.p), unblinding_factor)
+
+    if pow(signature, private.e, private.n) != message:
         raise SalesforceJWTError("the RSA signature failed its check and was discarded; try again")
     return signature.to_bytes(key._size, "big")
 
@@ -1677,6 +1703,8 @@ class _Login(object):
 
 def _retry_wait(error: TransportError, attempt: int) -> float:
     """Seconds to wait before the next attempt: Retry-After if given, else full-jitter backoff."""
+    import random
+
     if error.retry_after is not None:
         return min(error.retry_after, _MAX_RETRY_WAIT)
     return random.uniform(0, min(_MAX_RETRY_WAIT, _RETRY_BASE_WAIT * 2 ** (attempt - 1)))
@@ -2817,6 +2845,8 @@ def _print_error(message: typing.Any) -> None:
 
 def main(argv: typing.Optional[typing.List[str]] = None) -> int:
     """Run the sf-jwt command line and return its exit code."""
+    import logging
+
     args = _build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
