@@ -209,7 +209,8 @@ class AuthenticationError(SalesforceJWTError):
         self.error = error
         self.error_description = error_description
         self.hint = hint
-        message = "{}: {}".format(error, error_description) if error_description else error
+        name = error or "an OAuth error without an error code (HTTP {})".format(status)
+        message = "{}: {}".format(name, error_description) if error_description else name
         if hint:
             message = "{}. {}".format(message, hint)
         super().__init__(message)
@@ -517,7 +518,7 @@ def _read_key_source(source: typing.Any) -> typing.Tuple[bytes, _KeyOrigin]:
         return bytes(source), _KeyOrigin("the key data", None)
     if isinstance(source, str) and not source.strip():
         raise InvalidKeyError("the key is empty: pass a key file path or the PEM text of the private key")
-    if isinstance(source, str) and "-----BEGIN" in source:
+    if isinstance(source, str) and _looks_like_key_text(source):
         return source.encode("utf-8"), _KeyOrigin("the key text", None)
     if isinstance(source, str) and _looks_like_base64(source) and not os.path.exists(source):
         return source.encode("ascii"), _KeyOrigin("the key text", None)
@@ -529,6 +530,11 @@ def _read_key_source(source: typing.Any) -> typing.Tuple[bytes, _KeyOrigin]:
     raise InvalidKeyError(
         "cannot load a private key from a {}: pass a file path, PEM text or DER bytes".format(type(source).__name__)
     )
+
+
+def _looks_like_key_text(text: str) -> bool:
+    """Tell key text from a path: PEM markers or line breaks never appear in a key file's path."""
+    return "-----" in text or "\n" in text or "\r" in text or "\\n" in text or len(text) > 1024
 
 
 def _looks_like_base64(text: str) -> bool:
@@ -586,6 +592,8 @@ def _read_small_file(path: str, what: str, error_class: typing.Type[Configuratio
         ) from None
     except OSError as error:
         raise error_class("cannot read the {} {}: {}".format(what, path, error.strerror or error)) from None
+    except ValueError:  # open() rejects a path with a NUL character
+        raise error_class("the {} path contains a NUL character: pass the path of the file".format(what)) from None
 
     if len(data) > _MAX_KEY_FILE_BYTES:
         raise error_class(
@@ -616,6 +624,11 @@ def _key_from_bytes(data: bytes, origin: _KeyOrigin, nested: bool) -> SigningKey
     text = _decode_text(data)
     if text is not None and "-----BEGIN" in text:
         return _key_from_pem(text, origin)
+    if text is not None and "-----END" in text:
+        raise InvalidKeyError(
+            "{} has an -----END line but no -----BEGIN line: copy the whole key, from its "
+            "-----BEGIN line to its -----END line".format(origin.description)
+        )
     if text is not None and not nested and _looks_like_base64(text):
         try:
             decoded = base64.b64decode("".join(text.split()), validate=True)
@@ -963,11 +976,9 @@ def _checked_text(name: str, value: typing.Any) -> str:
 
 def _checked_https_url(name: str, url: typing.Any) -> str:
     """Require an absolute https URL without query or fragment; drop a trailing slash."""
-    from urllib.parse import urlsplit
-
     url = _checked_text(name, url)
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "https" or not parts.netloc:
+    parts = _split_url(url)
+    if parts is None or parts.scheme.lower() != "https" or not parts.netloc:
         raise ConfigurationError(
             "{} must be an https URL such as https://login.salesforce.com, got {!r}".format(name, url)
         )
@@ -1183,10 +1194,10 @@ def _is_loopback_host(host: str) -> bool:
 
 def _checked_endpoint_url(name: str, url: typing.Any) -> str:
     """Require https, or http to a loopback host (test servers only)."""
-    from urllib.parse import urlsplit
-
     url = _checked_text(name, url)
-    parts = urlsplit(url)
+    parts = _split_url(url)
+    if parts is None:
+        raise ConfigurationError("{} is not a valid URL: {!r}".format(name, url))
     try:
         host = parts.hostname
         port_is_valid = parts.port is None or parts.port > 0
@@ -1273,9 +1284,25 @@ def _http_request(
         except HTTPError as error:
             response = error
         with response:
-            return response.getcode(), response.headers, _read_capped(response, url, max_bytes)
+            body = _read_capped(response, url, max_bytes)
+            _check_complete(method, response.headers, body, url)
+            return response.getcode(), response.headers, body
     except (URLError, OSError, http.client.HTTPException, ssl.CertificateError) as error:
         raise _transport_error(error, url, timeout) from error
+
+
+def _check_complete(method: str, headers: typing.Any, body: bytes, url: str) -> None:
+    """Raise a retryable TransportError when a body is shorter than its Content-Length.
+
+    A read of a set number of bytes returns what arrived when the server closes
+    early, without the IncompleteRead that a plain read() raises.
+    """
+    declared = headers.get("Content-Length") or ""
+    if method != "HEAD" and _ASCII_DIGITS.match(declared.strip()) and len(body) < int(declared):
+        raise TransportError(
+            "the connection to {} closed after {} of {} bytes of the answer".format(_host_of(url), len(body), declared),
+            retryable=True,
+        )
 
 
 def _read_capped(response: typing.Any, url: str, max_bytes: typing.Optional[int]) -> bytes:
@@ -1292,9 +1319,18 @@ def _read_capped(response: typing.Any, url: str, max_bytes: typing.Optional[int]
 
 
 def _host_of(url: str) -> str:
+    parts = _split_url(url)
+    return (parts.netloc if parts is not None else "") or url
+
+
+def _split_url(url: str) -> typing.Any:
+    """Split a URL, or return None for one that urlsplit rejects (an unbalanced '[', for example)."""
     from urllib.parse import urlsplit
 
-    return urlsplit(url).netloc or url
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
 
 
 def _transport_error(error: BaseException, url: str, timeout: float) -> TransportError:
@@ -1337,22 +1373,32 @@ def _transport_error(error: BaseException, url: str, timeout: float) -> Transpor
 def _json_object(body: bytes) -> typing.Optional[typing.Dict[str, typing.Any]]:
     """Parse a JSON object, or return None for anything else."""
     try:
-        value = json.loads(body.decode("utf-8"))
+        value = json.loads(body.decode("utf-8"), parse_int=_bounded_int)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
 
+def _bounded_int(digits: str) -> int:
+    """Parse a JSON integer of at most 4300 digits, the limit Python 3.11 sets, on every Python.
+
+    Python 3.6 to 3.10 convert longer numbers in quadratic time.
+    """
+    if len(digits) > 4300:
+        raise ValueError("integer too long")
+    return int(digits)
+
+
 def _describe_body(headers: typing.Any, body: bytes) -> str:
     """Name what a non-JSON answer was, for example 'an HTML page titled "Maintenance"'."""
-    content_type = (headers.get("Content-Type") or "no content type").split(";")[0].strip()
+    content_type = _clean_server_text((headers.get("Content-Type") or "").split(";")[0]) or "no content type"
     if not body:
         return "an empty body"
     title = re.search(rb"<title[^>]*>([^<]{1,200})</title>", body[:65536], re.IGNORECASE)
     if title:
-        text = " ".join(title.group(1).decode("utf-8", "replace").split())
+        text = _clean_server_text(" ".join(title.group(1).decode("utf-8", "replace").split()))
         return 'an HTML page titled "{}"'.format(text[:100])
-    return "{} bytes of {}".format(len(body), content_type)
+    return "{} bytes of {}".format(len(body), content_type[:100])
 
 
 def _clean_server_text(value: typing.Any) -> str:
@@ -1373,7 +1419,7 @@ def _token_from_response(status: int, headers: typing.Any, body: bytes, url: str
     """Turn the token endpoint's answer into a Token or the matching error."""
     host = _host_of(url)
     if 300 <= status < 400:
-        location_host = _host_of(headers.get("Location") or "") or "an unnamed location"
+        location_host = _clean_server_text(_host_of(headers.get("Location") or ""))[:100] or "an unnamed location"
         raise TransportError(
             "the token endpoint {} answered HTTP {} (a redirect to {}); redirects are not followed, "
             "so the assertion goes only to the host you named: if you trust {}, use it as the "
@@ -1383,7 +1429,7 @@ def _token_from_response(status: int, headers: typing.Any, body: bytes, url: str
 
     data = _json_object(body)
     if 200 <= status < 300 and data is not None:
-        return _token_from_json(data, host)
+        return _token_from_json(data, host, status)
     if data is not None and isinstance(data.get("error"), str):
         raise _authentication_error(status, data)
 
@@ -1404,6 +1450,9 @@ def _token_from_response(status: int, headers: typing.Any, body: bytes, url: str
     )
 
 
+_ASCII_DIGITS = re.compile(r"\A[0-9]{1,20}\Z")
+
+
 def _parse_retry_after(value: typing.Optional[str]) -> typing.Optional[float]:
     """Read a Retry-After header: seconds, or an HTTP date (RFC 9110 section 10.2.3)."""
     import email.utils
@@ -1411,7 +1460,7 @@ def _parse_retry_after(value: typing.Optional[str]) -> typing.Optional[float]:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _ASCII_DIGITS.match(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -1422,14 +1471,24 @@ def _parse_retry_after(value: typing.Optional[str]) -> typing.Optional[float]:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _token_from_json(data: typing.Dict[str, typing.Any], host: str) -> Token:
+# A bearer token is sent in an HTTP header, so printable ASCII without spaces (RFC 6750 section 2.1).
+_TOKEN_CHARACTERS = re.compile(r"\A[\x21-\x7e]+\Z")
+
+
+def _token_from_json(data: typing.Dict[str, typing.Any], host: str, status: int = 200) -> Token:
     """Check the fields of a successful answer and build the Token."""
     access_token = data.get("access_token")
+    if isinstance(access_token, str) and access_token and not _TOKEN_CHARACTERS.match(access_token):
+        raise TransportError(
+            "the access_token from {} contains spaces or characters outside printable ASCII, which an HTTP "
+            "header cannot carry: it is not a Salesforce token".format(host),
+            status=status,
+        )
     if not isinstance(access_token, str) or not access_token:
         raise TransportError(
             "the answer from {} has no access_token (fields: {}): it is not a Salesforce token "
-            "response".format(host, ", ".join(sorted(str(name) for name in data)[:20]) or "none"),
-            status=200,
+            "response".format(host, ", ".join(sorted(_clean_server_text(name)[:40] for name in data)[:20]) or "none"),
+            status=status,
         )
     for field in ("instance_url", "id"):
         value = data.get(field)
@@ -1437,7 +1496,7 @@ def _token_from_json(data: typing.Dict[str, typing.Any], host: str) -> Token:
             raise TransportError(
                 "the answer from {} has an {} that is not an https URL ({!r}); it is not used, so the "
                 "token is never sent there".format(host, field, _clean_server_text(value)[:100]),
-                status=200,
+                status=status,
             )
 
     optional = {name: data.get(name) if isinstance(data.get(name), str) else None for name in ("token_type", "scope")}
@@ -1454,7 +1513,7 @@ def _token_from_json(data: typing.Dict[str, typing.Any], host: str) -> Token:
 
 def _parse_issued_at(value: typing.Any) -> typing.Optional[datetime.datetime]:
     """Convert Salesforce's issued_at (milliseconds since the epoch, as a string) to UTC."""
-    if not isinstance(value, (str, int)) or isinstance(value, bool) or not str(value).isdigit():
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or not _ASCII_DIGITS.match(str(value)):
         return None
     try:
         return datetime.datetime.fromtimestamp(int(value) / 1000, tz=datetime.timezone.utc)
@@ -2513,8 +2572,11 @@ def _check_proxy(login_url: str) -> CheckResult:
     proxy = urllib.request.getproxies().get("https")
     if not proxy or urllib.request.proxy_bypass(urlsplit(login_url).hostname or ""):
         return CheckResult("proxy", "PASS", "no proxy for {}".format(_host_of(login_url)))
-    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    shown = "{}://{}{}".format(parts.scheme, parts.hostname, ":{}".format(parts.port) if parts.port else "")
+    parts = _split_url(proxy if "://" in proxy else "http://" + proxy)
+    try:
+        shown = "{}://{}{}".format(parts.scheme, parts.hostname, ":{}".format(parts.port) if parts.port else "")
+    except (AttributeError, ValueError):
+        return CheckResult("proxy", "WARN", "the proxy setting in the environment is not a valid URL")
     return CheckResult("proxy", "PASS", "requests to {} go through {} (from the environment, such as "
                        "HTTPS_PROXY)".format(_host_of(login_url), shown))
 
@@ -2732,7 +2794,10 @@ def _run_assertion(args: typing.Any) -> int:
 
 
 def _run_decode(args: typing.Any) -> int:
-    jwt = sys.stdin.read(_MAX_KEY_FILE_BYTES) if args.jwt == "-" else args.jwt
+    if args.jwt == "-":
+        jwt = sys.stdin.buffer.read(_MAX_KEY_FILE_BYTES).decode("utf-8", "replace")
+    else:
+        jwt = args.jwt
     header, claims, signing_input, signature = _decode_jwt(jwt)
 
     result = {"header": header, "claims": claims}  # type: typing.Dict[str, typing.Any]
