@@ -245,6 +245,7 @@ class TransportError(SalesforceJWTError):
 # --- base64url (RFC 4648 section 5) ----------------------------------------
 
 _BASE64URL_ALPHABET = re.compile(rb"\A[A-Za-z0-9_-]*={0,2}\Z")
+_BASE64URL_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def base64url_encode(data: bytes) -> str:
@@ -273,10 +274,7 @@ def base64url_decode(text: typing.Union[str, bytes]) -> bytes:
         raise TypeError("base64url_decode takes str or bytes, not {}".format(type(text).__name__))
 
     if not _BASE64URL_ALPHABET.match(raw):
-        raise DecodeError(
-            "not base64url: only A-Z, a-z, 0-9, '-' and '_' are allowed "
-            "('+' and '/' mean plain base64, which JWS does not use)"
-        )
+        raise DecodeError(_describe_bad_base64url(raw))
     unpadded = raw.rstrip(b"=")
     if len(unpadded) % 4 == 1:
         raise DecodeError("not base64url: {} characters cannot encode whole bytes".format(len(unpadded)))
@@ -288,6 +286,17 @@ def base64url_decode(text: typing.Union[str, bytes]) -> bytes:
         return base64.urlsafe_b64decode(unpadded + padding)
     except (binascii.Error, ValueError) as error:
         raise DecodeError("not base64url: {}".format(error)) from None
+
+
+def _describe_bad_base64url(raw: bytes) -> str:
+    """Name the first character that is not base64url, or the excess padding."""
+    padding_starts = len(raw.rstrip(b"="))
+    for position, byte in enumerate(raw[:padding_starts]):
+        if byte not in _BASE64URL_BYTES:
+            plain = " ('+' and '/' mean plain base64, which JWS does not use)" if byte in b"+/" else ""
+            return "not base64url: {!r} at position {} is not one of A-Z, a-z, 0-9, '-' and '_'{}".format(
+                chr(byte), position, plain)
+    return "not base64url: more than two '=' of padding"
 
 
 # --- DER reader and writer (X.690) ------------------------------------------
@@ -500,7 +509,10 @@ def load_private_key(source: typing.Any) -> SigningKey:
         return SigningKey(_checked_rsa_key(source.n, source.e, source.d, source.p, source.q))
 
     data, origin = _read_key_source(source)
-    return _key_from_bytes(data, origin, nested=False)
+    key = _key_from_bytes(data, origin, nested=False)
+    if origin.path is not None:
+        _warn_if_shared(origin.path)
+    return key
 
 
 class _KeyOrigin(typing.NamedTuple("_KeyOrigin", [("description", str), ("path", typing.Optional[str])])):
@@ -545,9 +557,7 @@ def _looks_like_base64(text: str) -> bool:
 
 def _read_key_file(path: str) -> bytes:
     """Read a key file, at most 1 MiB, turning OS errors into InvalidKeyError."""
-    data = _read_small_file(path, "key file", InvalidKeyError)
-    _warn_if_shared(path)
-    return data
+    return _read_small_file(path, "key file", InvalidKeyError)
 
 
 _shared_key_files_warned = set()  # type: typing.Set[str]
@@ -786,7 +796,7 @@ def _raise_public_key(origin: _KeyOrigin) -> typing.NoReturn:
 def _raise_not_rsa(algorithm: str, origin: _KeyOrigin) -> typing.NoReturn:
     raise InvalidKeyError(
         "{} is a key of type {}, but Salesforce requires an RSA key for the JWT bearer flow (RS256): make one "
-        "with 'openssl genrsa -out server.key 2048' and upload its certificate to the Connected App".format(
+        "with 'sf-jwt keygen --out server' and upload its certificate to the Connected App".format(
             origin.description, algorithm
         )
     )
@@ -865,7 +875,7 @@ def _key_from_pkcs1(items: typing.List[typing.Tuple[int, bytes]], origin: _KeyOr
     if version == 1:
         raise InvalidKeyError(
             "{} is a multi-prime RSA key (more than two primes), which the rsa package cannot sign "
-            "with: make a two-prime key with 'openssl genrsa -out server.key 2048'".format(origin.description)
+            "with: make a two-prime key with 'sf-jwt keygen --out server'".format(origin.description)
         )
     if version != 0 or len(items) != 9:
         raise _DERError("not a two-prime RSAPrivateKey")
@@ -1260,6 +1270,7 @@ def _http_request(
     timeout: float,
     context: typing.Any,
     max_bytes: typing.Optional[int] = _MAX_RESPONSE_BYTES,
+    ca_file: typing.Optional[str] = None,
 ) -> typing.Tuple[int, typing.Any, bytes]:
     """Send one request and return the status, headers and body of whatever HTTP answer came.
 
@@ -1288,7 +1299,7 @@ def _http_request(
             _check_complete(method, response.headers, body, url)
             return response.getcode(), response.headers, body
     except (URLError, OSError, http.client.HTTPException, ssl.CertificateError) as error:
-        raise _transport_error(error, url, timeout) from error
+        raise _transport_error(error, url, timeout, ca_file) from error
 
 
 def _check_complete(method: str, headers: typing.Any, body: bytes, url: str) -> None:
@@ -1333,7 +1344,9 @@ def _split_url(url: str) -> typing.Any:
         return None
 
 
-def _transport_error(error: BaseException, url: str, timeout: float) -> TransportError:
+def _transport_error(
+    error: BaseException, url: str, timeout: float, ca_file: typing.Optional[str] = None
+) -> TransportError:
     """Describe a failure that left no HTTP answer, and whether a retry may help."""
     import http.client
     import socket
@@ -1350,10 +1363,8 @@ def _transport_error(error: BaseException, url: str, timeout: float) -> Transpor
         )
     if isinstance(reason, (verification_error, ssl.CertificateError)) or "CERTIFICATE_VERIFY_FAILED" in str(reason):
         detail = getattr(reason, "verify_message", None) or str(reason)
-        return TransportError(
-            "TLS certificate verification failed for {}: {}. If a proxy or a company CA re-signs TLS "
-            "traffic, pass its CA bundle with --ca-file (ca_file= in Python)".format(host, detail)
-        )
+        return TransportError("TLS certificate verification failed for {}: {}. {}".format(
+            host, detail, _tls_remedy(detail, ca_file)))
     if isinstance(reason, ssl.SSLError):
         return TransportError("the TLS handshake with {} failed: {}".format(host, reason))
     if isinstance(reason, socket.gaierror):
@@ -1368,6 +1379,20 @@ def _transport_error(error: BaseException, url: str, timeout: float) -> Transpor
     if isinstance(reason, http.client.HTTPException):
         return TransportError("the answer from {} is not valid HTTP ({})".format(host, type(reason).__name__))
     return TransportError("network error talking to {}: {}".format(host, reason))
+
+
+def _tls_remedy(detail: str, ca_file: typing.Optional[str]) -> str:
+    """Suggest the fix for a failed certificate verification, from OpenSSL's description of it."""
+    proxy_hint = "if a proxy or a company CA re-signs TLS traffic, pass its CA bundle with --ca-file " \
+        "(ca_file= in Python)"
+    if "expired" in detail or "not yet valid" in detail:
+        return "Check this host's clock; " + proxy_hint
+    if "mismatch" in detail or "doesn't match" in detail:
+        return "Check the host name in the login URL; " + proxy_hint
+    if ca_file:
+        return "The CA file {} does not contain the authority that issued the server's certificate: pass the " \
+            "right bundle with --ca-file (ca_file= in Python)".format(ca_file)
+    return proxy_hint[0].upper() + proxy_hint[1:]
 
 
 def _json_object(body: bytes) -> typing.Optional[typing.Dict[str, typing.Any]]:
@@ -1440,8 +1465,12 @@ def _token_from_response(status: int, headers: typing.Any, body: bytes, url: str
             "or a wrong login URL may have answered".format(host, status, what), status=status
         )
     retryable = status in (429, 502, 503, 504)
-    advice = "Salesforce or a proxy failed or is in maintenance; try again later" if retryable or status >= 500 \
-        else "check the login URL and any proxy in between"
+    if status == 429:
+        advice = "Salesforce or a proxy is limiting the request rate; try again later"
+    elif retryable or status >= 500:
+        advice = "Salesforce or a proxy failed or is in maintenance; try again later"
+    else:
+        advice = "check the login URL and any proxy in between"
     raise TransportError(
         "the token endpoint {} answered HTTP {} with {}: {}".format(host, status, what, advice),
         retryable=retryable,
@@ -1538,7 +1567,8 @@ def request_token(
         timeout: Seconds to wait to connect and for each read.
         ca_file: A PEM bundle of CA certificates to trust instead of the
             system store, for example a company proxy's CA.
-        ssl_context: An ``ssl.SSLContext`` to use as it is; overrides ca_file.
+        ssl_context: An ``ssl.SSLContext`` to use as it is. It takes the place of
+            ca_file, which then only names the CA file in error messages.
 
     Returns:
         The Token.
@@ -1559,7 +1589,7 @@ def request_token(
 
     form = urlencode({"grant_type": _GRANT_TYPE, "assertion": assertion}).encode("ascii")
     form_headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
-    status, headers, body = _http_request("POST", token_url, form, form_headers, timeout, context)
+    status, headers, body = _http_request("POST", token_url, form, form_headers, timeout, context, ca_file=ca_file)
     _logger.debug("HTTP %d from %s in %.0f ms", status, token_url, (time.monotonic() - started) * 1000)
 
     return _token_from_response(status, headers, body, token_url)
@@ -1574,7 +1604,9 @@ def _check_assertion_shape(assertion: typing.Any) -> None:
 
 def _checked_timeout(timeout: typing.Any) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
-        raise ConfigurationError("timeout must be seconds from 0 to 3600 (not 0), got {!r}".format(timeout))
+        raise ConfigurationError(
+            "timeout (--timeout) must be more than 0 and at most 3600 seconds, got {!r}".format(timeout)
+        )
     return timeout
 
 
@@ -1582,7 +1614,7 @@ def _normalized_login_url(login_url: typing.Any) -> str:
     """Check the login URL and drop a trailing slash or token path."""
     from urllib.parse import urlsplit
 
-    url = _checked_endpoint_url("login_url", login_url).rstrip("/")
+    url = _checked_endpoint_url("login URL (--login-url)", login_url).rstrip("/")
     if url.endswith(_TOKEN_PATH):
         url = url[: -len(_TOKEN_PATH)]
 
@@ -1590,7 +1622,7 @@ def _normalized_login_url(login_url: typing.Any) -> str:
     if host.endswith(".lightning.force.com"):
         my_domain = host[: -len(".lightning.force.com")] + ".my.salesforce.com"
         raise ConfigurationError(
-            "login_url {} is a Lightning host, which does not serve logins: use https://{} "
+            "the login URL {} is a Lightning host, which does not serve logins: use https://{} "
             "or https://login.salesforce.com (https://test.salesforce.com for a sandbox)".format(url, my_domain)
         )
     return url
@@ -1697,11 +1729,12 @@ class _Login(object):
         self.key = _as_signing_key(private_key)
 
         self.timeout = _checked_timeout(timeout)
+        self.ca_file = ca_file
         self.context = _ssl_context(ca_file)
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts <= 10:
             raise ConfigurationError("max_attempts must be a whole number from 1 to 10, got {!r}".format(max_attempts))
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= 3600:
-            raise ConfigurationError("deadline must be seconds from 0 to 3600 (not 0), got {!r}".format(deadline))
+            raise ConfigurationError("deadline must be more than 0 and at most 3600 seconds, got {!r}".format(deadline))
         self.max_attempts, self.deadline = max_attempts, deadline
 
     def log_in(self) -> Token:
@@ -1748,7 +1781,7 @@ class _Login(object):
             try:
                 return request_token(
                     assertion, self.token_url, timeout=max(0.001, min(self.timeout, remaining)),
-                    ssl_context=self.context,
+                    ca_file=self.ca_file, ssl_context=self.context,
                 )
             except TransportError as error:
                 wait = _retry_wait(error, attempt)
@@ -1843,7 +1876,7 @@ class TokenProvider(object):
             client_id, username, private_key, login_url, audience, lifetime, timeout, ca_file, max_attempts, deadline
         )
         if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not 0 < max_age <= 86400:
-            raise ConfigurationError("max_age must be seconds from 0 to 86400 (not 0), got {!r}".format(max_age))
+            raise ConfigurationError("max_age must be more than 0 and at most 86400 seconds, got {!r}".format(max_age))
         self.max_age = max_age
         self._clock = clock or time.time
         self._cache = None  # type: typing.Optional[_TokenCacheFile]
@@ -2043,6 +2076,13 @@ class _TokenCacheFile(object):
     def __init__(self, path: str, entry_id: str) -> None:
         self.path = path
         self.entry_id = entry_id
+        self._warnings_logged = set()  # type: typing.Set[str]
+
+    def _warn_once(self, message: str, *args: typing.Any) -> None:
+        """Log a warning about the file once, though one login reads the file up to three times."""
+        if message not in self._warnings_logged:
+            self._warnings_logged.add(message)
+            _logger.warning(message, *args)
 
     def read_entry(self, now: float, max_age: float) -> typing.Optional[typing.Tuple[Token, float]]:
         """Return the fresh token of this entry and when it was obtained, or None."""
@@ -2082,18 +2122,18 @@ class _TokenCacheFile(object):
         try:
             with open(self.path, "rb") as cache:
                 if hasattr(os, "getuid") and os.fstat(cache.fileno()).st_uid != os.getuid():
-                    _logger.warning("ignoring the token cache %s: another user owns it", self.path)
+                    self._warn_once("ignoring the token cache %s: another user owns it", self.path)
                     return {}
                 data = cache.read(_MAX_RESPONSE_BYTES + 1)
         except FileNotFoundError:
             return {}
         except OSError as error:
-            _logger.warning("cannot read the token cache %s (%s); logging in without it", self.path, error)
+            self._warn_once("cannot read the token cache %s (%s); logging in without it", self.path, error)
             return {}
 
         content = _json_object(data) if len(data) <= _MAX_RESPONSE_BYTES else None
         if content is None or content.get("format") != _CACHE_FORMAT or not isinstance(content.get("entries"), dict):
-            _logger.warning("ignoring the token cache %s: not an sf_jwt token cache; it will be rewritten", self.path)
+            self._warn_once("ignoring the token cache %s: not an sf_jwt token cache; it will be rewritten", self.path)
             return {}
         return content["entries"]
 
@@ -2155,17 +2195,26 @@ def _decode_jwt(
     jwt: str,
 ) -> typing.Tuple[typing.Dict[str, typing.Any], typing.Dict[str, typing.Any], bytes, bytes]:
     """Split a compact JWS into header, claims, signing input and signature, without verifying."""
-    segments = jwt.strip().split(".")
+    jwt = jwt.strip()
+    if jwt.lower().startswith("bearer "):
+        jwt = jwt[len("bearer "):].strip()
+    segments = jwt.split(".")
     if len(segments) != 3:
         raise DecodeError("a JWT has three parts separated by '.', this text has {}".format(len(segments)))
 
+    decoded = []
+    for name, segment in zip(("header", "claims", "signature"), segments):
+        try:
+            decoded.append(base64url_decode(segment))
+        except DecodeError as error:
+            raise DecodeError("the {} part of the JWT is {}".format(name, error)) from None
     parts = []
-    for name, segment in zip(("header", "claims"), segments):
-        value = _json_object(base64url_decode(segment))
+    for name, content in zip(("header", "claims"), decoded):
+        value = _json_object(content)
         if value is None:
-            raise DecodeError("the JWT {} is not a JSON object".format(name))
+            raise DecodeError("the {} part of the JWT is not a JSON object".format(name))
         parts.append(value)
-    signature = base64url_decode(segments[2])
+    signature = decoded[2]
 
     signing_input = "{}.{}".format(segments[0], segments[1]).encode("ascii")
     return parts[0], parts[1], signing_input, signature
@@ -2280,19 +2329,24 @@ def generate_key_and_certificate(
     Raises:
         ConfigurationError: An argument is invalid.
     """
-    if bits not in _KEYGEN_BITS:
-        raise ConfigurationError("bits must be 2048, 3072 or 4096, got {!r}".format(bits))
-    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= _MAX_CERTIFICATE_DAYS:
-        raise ConfigurationError(
-            "days must be a whole number from 1 to {}, got {!r}".format(_MAX_CERTIFICATE_DAYS, days)
-        )
-    name = _encode_name(subject if subject is not None else "CN=" + _checked_text("common_name", common_name))
+    name = _checked_keygen_arguments(bits, days, common_name, subject)
 
     _, private = rsa.newkeys(bits)
     key = SigningKey(_checked_rsa_key(private.n, private.e, private.d, private.p, private.q))
 
     certificate = _self_signed_certificate(key, name, days)
     return _pem("PRIVATE KEY", _pkcs8_der(key.rsa_key)), _pem("CERTIFICATE", certificate)
+
+
+def _checked_keygen_arguments(bits: int, days: int, common_name: str, subject: typing.Optional[str]) -> bytes:
+    """Check the arguments of generate_key_and_certificate and return the encoded subject."""
+    if bits not in _KEYGEN_BITS:
+        raise ConfigurationError("bits must be 2048, 3072 or 4096, got {!r}".format(bits))
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= _MAX_CERTIFICATE_DAYS:
+        raise ConfigurationError(
+            "days (--days) must be a whole number from 1 to {}, got {!r}".format(_MAX_CERTIFICATE_DAYS, days)
+        )
+    return _encode_name(subject if subject is not None else "CN=" + _checked_text("common_name", common_name))
 
 
 def _encode_name(subject: str) -> bytes:
@@ -2304,7 +2358,7 @@ def _encode_name(subject: str) -> bytes:
         label, _, value = part.partition("=")
         label, value = label.strip().upper(), value.strip()
         if label not in _NAME_ATTRIBUTES or not value:
-            raise ConfigurationError("subject {!r} is not a list of NAME=value with NAME one of {}".format(
+            raise ConfigurationError("subject (--subject) {!r} is not a list of NAME=value with NAME one of {}".format(
                 subject, ", ".join(_NAME_ATTRIBUTES)))
         if label == "C" and not re.match(r"\A[A-Z]{2}\Z", value):
             raise ConfigurationError("subject country C must be two capital letters, got {!r}".format(value))
@@ -2459,7 +2513,10 @@ def check_setup(
 
 def _check_key(private_key: typing.Any, results: typing.List[CheckResult]) -> typing.Optional[SigningKey]:
     try:
-        key = load_private_key(private_key)
+        if isinstance(private_key, (SigningKey, rsa.PrivateKey)):
+            key = load_private_key(private_key)
+        else:
+            key = _key_from_bytes(*_read_key_source(private_key), nested=False)  # check reports the mode itself
     except InvalidKeyError as error:
         results.append(CheckResult("key", "FAIL", str(error)))
         return None
@@ -2547,7 +2604,7 @@ def _check_online(
     results.append(_check_proxy(login_url))
 
     try:
-        status, headers, _ = _http_request("HEAD", login_url + "/", None, {}, timeout, context)
+        status, headers, _ = _http_request("HEAD", login_url + "/", None, {}, timeout, context, ca_file=ca_file)
     except TransportError as error:
         results.append(CheckResult("TLS", "FAIL", str(error)))
         return
@@ -2557,7 +2614,7 @@ def _check_online(
 
     try:
         assertion = create_assertion(claims["iss"], claims["sub"], key, audience=claims["aud"])
-        token = request_token(assertion, login_url + _TOKEN_PATH, timeout=timeout, ssl_context=context)
+        token = request_token(assertion, login_url + _TOKEN_PATH, timeout=timeout, ca_file=ca_file, ssl_context=context)
     except (AuthenticationError, TransportError) as error:
         results.append(CheckResult("token request", "FAIL", str(error)))
         return
@@ -2623,9 +2680,12 @@ def _check_identity(token: Token, timeout: float, context: typing.Any) -> CheckR
     except TransportError as error:
         return CheckResult("identity", "FAIL", str(error))
     identity = _json_object(body) or {}
-    if status != 200:
+    if status in (401, 403):
         return CheckResult("identity", "FAIL", "the identity URL answered HTTP {} to the new token: check the "
                            "Connected App's OAuth scopes (api, and refresh_token, offline_access)".format(status))
+    if status != 200:
+        return CheckResult("identity", "FAIL", "the identity URL {} answered HTTP {} to the new token".format(
+            _clean_server_text(token.id)[:200], status))
     organization = _clean_server_text(identity.get("organization_id")) or "?"
     user = _clean_server_text(identity.get("username")) or "?"
     return CheckResult("identity", "PASS", "the token works: organization {}, user {}".format(organization, user))
@@ -2738,9 +2798,8 @@ def _login_settings(
     login_url = _SANDBOX_LOGIN_URL if args.sandbox else setting(args.login_url, "SF_LOGIN_URL")
 
     key = setting(args.jwt_key_file, "SF_JWT_KEY_FILE")  # type: typing.Any
-    if key is None and environ.get("SF_JWT_KEY"):
-        key = environ["SF_JWT_KEY"].encode("utf-8")
-        _logger.debug("using the private key from SF_JWT_KEY")
+    if key is None and "SF_JWT_KEY" in environ:
+        key = _key_from_environment(environ["SF_JWT_KEY"])
 
     settings = {
         "client_id": setting(args.client_id, "SF_CLIENT_ID"),
@@ -2763,6 +2822,19 @@ def _login_settings(
     if normalize_login_url:
         settings["login_url"] = _normalized_login_url(settings["login_url"])
     return settings
+
+
+def _key_from_environment(value: str) -> SigningKey:
+    """Load the key that SF_JWT_KEY contains, with messages that name the variable."""
+    if not value.strip():
+        raise InvalidKeyError("SF_JWT_KEY is set but empty: check that the CI secret or variable with the key exists")
+    if not _looks_like_key_text(value) and os.path.isfile(value.strip()):
+        raise InvalidKeyError(
+            "SF_JWT_KEY contains the path {}: set SF_JWT_KEY_FILE to a path, and SF_JWT_KEY only to the key "
+            "itself".format(value.strip())
+        )
+    _logger.debug("using the private key from SF_JWT_KEY")
+    return _key_from_bytes(value.encode("utf-8"), _KeyOrigin("the key in SF_JWT_KEY", None), nested=False)
 
 
 def _run_token(args: typing.Any) -> int:
@@ -2833,6 +2905,11 @@ def _run_keygen(args: typing.Any) -> int:
         raise ConfigurationError("{} already {}: pass --force to overwrite, or choose another --out".format(
             " and ".join(existing), "exists" if len(existing) == 1 else "exist"))
     subject = args.subject if args.subject is not None else "CN=" + os.path.basename(args.out)
+    _checked_keygen_arguments(args.bits, args.days, "", subject)
+    directory = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(directory):
+        raise ConfigurationError("the folder {} for --out does not exist: create it or choose another --out".format(
+            directory))
 
     key_pem, certificate_pem = _with_progress(
         "generating a {}-bit RSA key in pure Python (this can take a minute)".format(args.bits),
@@ -2845,8 +2922,19 @@ def _run_keygen(args: typing.Any) -> int:
     print("wrote {} (the certificate, valid for {} days)".format(paths[1], args.days))
     print("next: in Setup, open the Connected App, tick 'Use digital signatures' and upload {}; then run".format(
         paths[1]))
-    print("  sf-jwt check --client-id CONSUMER_KEY --username USERNAME --jwt-key-file {} --cert {}".format(*paths))
+    print("  {} check --client-id CONSUMER_KEY --username USERNAME --jwt-key-file {} --cert {}".format(
+        _command_name(), *paths))
     return _EXIT_OK
+
+
+def _command_name() -> str:
+    """Return how the user started this program: sf-jwt, python -m sf_jwt or python sf_jwt.py."""
+    main_module = sys.modules.get("__main__")
+    if getattr(getattr(main_module, "__spec__", None), "name", None) == "sf_jwt":
+        return "python -m sf_jwt"
+    if sys.argv and sys.argv[0].endswith(".py"):
+        return "python " + sys.argv[0]
+    return "sf-jwt"
 
 
 def _with_progress(message: str, work: typing.Callable[[], typing.Any]) -> typing.Any:
