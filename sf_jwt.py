@@ -1352,7 +1352,10 @@ def _transport_error(
     import socket
     import ssl
 
-    reason = getattr(error, "reason", error)
+    from urllib.error import URLError
+
+    # URLError wraps the cause in .reason; ssl.SSLError has a .reason too, but it is an OpenSSL code.
+    reason = error.reason if isinstance(error, URLError) else error
     host = _host_of(url)
     verification_error = getattr(ssl, "SSLCertVerificationError", ssl.CertificateError)  # Python 3.6 lacks it
 
@@ -1365,6 +1368,10 @@ def _transport_error(
         detail = getattr(reason, "verify_message", None) or str(reason)
         return TransportError("TLS certificate verification failed for {}: {}. {}".format(
             host, detail, _tls_remedy(detail, ca_file)))
+    if isinstance(reason, ssl.SSLEOFError) or (isinstance(reason, ssl.SSLError) and "EOF" in str(reason).upper()):
+        return TransportError(
+            "the connection to {} closed before a complete answer arrived (TLS EOF)".format(host), retryable=True
+        )
     if isinstance(reason, ssl.SSLError):
         return TransportError("the TLS handshake with {} failed: {}".format(host, reason))
     if isinstance(reason, socket.gaierror):

@@ -263,6 +263,8 @@ class FakeSalesforce(object):
         self.login_delay = 0.0
         self.revoked = set()
         self.revoke_all = False
+        # Seconds added to the Date header of every answer, to fake a clock skew.
+        self.date_offset = 0
         self.scripted_error = None
         self.requests = []
         self.issued = []
@@ -431,7 +433,7 @@ class _TokenEndpointHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self._handle()
 
-    do_GET = do_PUT = do_PATCH = do_DELETE = do_POST
+    do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_POST
 
     def _handle(self):
         fake = self.server.fake
@@ -441,6 +443,9 @@ class _TokenEndpointHandler(http.server.BaseHTTPRequestHandler):
 
         if self.path.startswith(API_PATH):
             self._handle_api(fake, request)
+            return
+        if self.command == "GET" and self.path == "/id/%s/%s" % (ORG_ID, USER_ID):
+            self._handle_identity(fake, request)
             return
         if self.command != "POST" or urllib.parse.urlsplit(self.path).path != TOKEN_PATH:
             self._send(404, "text/html", b"<html><body>Not Found</body></html>")
@@ -490,6 +495,18 @@ class _TokenEndpointHandler(http.server.BaseHTTPRequestHandler):
         fake.issued.append(body)
         self._send_json(200, body)
 
+    def date_time_string(self, timestamp=None):
+        return http.server.BaseHTTPRequestHandler.date_time_string(self, time.time() + self.server.fake.date_offset)
+
+    def _handle_identity(self, fake, request):
+        """Answer like the identity URL: the org and user of a live bearer token."""
+        authorization = request.headers.get("Authorization", "")
+        token = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else None
+        if token not in fake.issued_tokens or token in fake.revoked or fake.revoke_all:
+            self._send_json(401, [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}])
+            return
+        self._send_json(200, {"organization_id": ORG_ID, "user_id": USER_ID, "username": USERNAME})
+
     def _handle_api(self, fake, request):
         """Answer like the REST API: 401 INVALID_SESSION_ID unless the bearer token is live."""
         authorization = request.headers.get("Authorization", "")
@@ -516,7 +533,8 @@ class _TokenEndpointHandler(http.server.BaseHTTPRequestHandler):
                 self.send_header(name, value)
             self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
         except OSError:
             # A client that timed out has gone away; the stall tests expect that.
             self.close_connection = True
@@ -2530,3 +2548,1940 @@ def test_private_key_file_does_not_warn(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sf_jwt"):
         sf_jwt.load_private_key(str(key_file))
     assert caplog.records == []
+
+
+# --- Hardening: hostile input, broken networks, secrets ---
+#
+# The property tests (hypothesis) run a fixed number of examples from a fixed
+# seed (derandomize=True), so every CI run tries the same inputs. The
+# environment variable SF_JWT_FUZZ_EXAMPLES sets that number for a longer run;
+# the bit-flip part of the mutation corpus grows with it. Every parser may raise
+# only its documented errors: InvalidKeyError for keys, DecodeError for
+# base64url and JWTs, AuthenticationError or TransportError for token
+# responses, and TypeError for an argument of the wrong Python type.
+
+import http.client  # noqa: E402
+import tracemalloc  # noqa: E402
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+FUZZ_EXAMPLES = int(os.environ.get("SF_JWT_FUZZ_EXAMPLES", "100"))
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+# Bit flips per fixture file in the mutation corpus: a seeded sample, or every bit
+# once the budget covers the file (about 10,000 bits for DER, 13,500 for PEM).
+CORPUS_FLIPS = FUZZ_EXAMPLES * 20
+FUZZ_TOKEN_URL = "https://login.example.invalid" + TOKEN_PATH
+MIB = 1024 * 1024
+
+_FIXTURE_NUMBERS = _private_numbers(KEY_PKCS1)
+_FIXTURE_PUBLIC = (_FIXTURE_NUMBERS["n"], _FIXTURE_NUMBERS["e"])
+_KEY_FIXTURES = ["jwt_key_pkcs1.der", "jwt_key_pkcs8.der", "jwt_key_pkcs1.pem", "jwt_key_pkcs8.pem",
+                 "jwt_cert_and_key.pem"]
+_KEY_FIXTURE_BYTES = {name: (TESTDATA / name).read_bytes() for name in _KEY_FIXTURES}
+SERVER_EXPIRED_CERT = TESTDATA / "server_expired.crt"
+# Private keys among the rejected fixtures: their PEM bodies are secrets too.
+_PRIVATE_PEM_FIXTURES = ["ec_key.pem", "ec_key_pkcs8.pem", "ed25519_key.pem", "dsa_key.pem", "rsa_pss_key.pem",
+                         "jwt_key_encrypted_pkcs8.pem", "jwt_key_encrypted_pkcs1.pem", "openssh_key",
+                         "rsa_multiprime.pem"]
+
+
+def _assert_loads_fixture_or_rejects(data):
+    """Load key data that may be damaged, and return whether it loaded.
+
+    It must either load as the fixture key or raise InvalidKeyError with a message.
+    """
+    try:
+        key = sf_jwt.load_private_key(data)
+    except sf_jwt.InvalidKeyError as error:
+        assert str(error).strip()
+        return False
+    assert key.public_numbers == _FIXTURE_PUBLIC
+    return True
+
+
+# --- Hardening: key loading (property tests and mutation corpus) ---
+
+
+def _der_length(length, style):
+    """Encode a DER length field, minimally or in one of the ways a damaged file gets it wrong."""
+    if style == "minimal":
+        if length < 0x80:
+            return bytes([length])
+        size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+        return bytes([0x80 | len(size)]) + size
+    if style == "non-minimal":
+        return b"\x84" + length.to_bytes(4, "big")
+    if style == "indefinite":
+        return b"\x80"
+    if style == "2**31":
+        return b"\x84\x80\x00\x00\x00"
+    if style == "10 MiB":
+        return b"\x83\xa0\x00\x00"
+    if style == "2**64 - 1":
+        return b"\x88" + b"\xff" * 8
+    if style == "one more":
+        return _der_length(length + 1, "minimal")
+    if style == "one less":
+        return _der_length(max(length - 1, 0), "minimal")
+    raise AssertionError(style)
+
+
+_HOSTILE_LENGTH_STYLES = ["non-minimal", "indefinite", "2**31", "10 MiB", "2**64 - 1", "one more", "one less"]
+# Mostly well-formed lengths, so that the generated trees get deep before one length is wrong.
+_der_length_styles = st.sampled_from(["minimal"] * 10 + _HOSTILE_LENGTH_STYLES)
+
+
+def _der_element(tag, content, style):
+    return bytes([tag]) + _der_length(len(content), style) + content
+
+
+def _der_constructed(children):
+    return st.builds(
+        lambda tag, parts, style: _der_element(tag, b"".join(parts), style),
+        st.sampled_from([0x30, 0x31, 0xA0, 0x04, 0x03]),
+        st.lists(children, max_size=6),
+        _der_length_styles,
+    )
+
+
+_der_leaves = st.builds(_der_element, st.integers(0, 255), st.binary(max_size=48), _der_length_styles)
+_der_trees = st.recursive(_der_leaves, _der_constructed, max_leaves=40)
+
+_PEM_LABELS = ["RSA PRIVATE KEY", "PRIVATE KEY", "ENCRYPTED PRIVATE KEY", "EC PRIVATE KEY", "OPENSSH PRIVATE KEY",
+               "CERTIFICATE", "PUBLIC KEY", "CERTIFICATE REQUEST", "X509 CRL"]
+
+
+def _pem_armour(label, der):
+    body = base64.b64encode(der).decode("ascii")
+    lines = [body[start:start + 64] for start in range(0, len(body), 64)]
+    return "-----BEGIN {0}-----\n{1}\n-----END {0}-----\n".format(label, "\n".join(lines)).encode("ascii")
+
+
+def _pkcs8_wrap(pkcs1):
+    """Wrap a PKCS#1 RSAPrivateKey in a PKCS#8 PrivateKeyInfo (RFC 5208)."""
+    algorithm = _der_tlv(0x30, bytes.fromhex("06092a864886f70d010101") + b"\x05\x00")
+    return _der_tlv(0x30, _der_integer(0) + algorithm + _der_tlv(0x04, pkcs1))
+
+
+# Integers above 14,000 bits come from a bit count: from Python 3.7.14 on, the repr of an
+# integer of more than 4,300 digits raises ValueError, and hypothesis takes reprs of bounds.
+_hostile_integers = st.one_of(
+    st.integers(-2 ** 64, 2 ** 64),
+    st.integers(-2 ** 14000, 2 ** 14000),
+    st.sampled_from([0, 1, -1, 2, 3]),
+    st.sampled_from([511, 512, 16384, 16385, 20000]).map(lambda bits: 2 ** bits - 1),
+)
+
+
+@st.composite
+def _pkcs1_with_hostile_number(draw):
+    """The fixture key's numbers with one replaced, or all eight drawn at random; PKCS#1 or PKCS#8."""
+    if draw(st.booleans()):
+        numbers = dict(_FIXTURE_NUMBERS)
+        numbers[draw(st.sampled_from(sorted(numbers)))] = draw(_hostile_integers)
+        der = _pkcs1_der(**numbers)
+    else:
+        der = _pkcs1_der(*draw(st.lists(_hostile_integers, min_size=8, max_size=8)))
+    return _pkcs8_wrap(der) if draw(st.booleans()) else der
+
+
+_MAX_POSITION = 2 ** 16
+_mutations = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, _MAX_POSITION), st.integers(0, 7)),
+    st.tuples(st.just("truncate"), st.integers(0, _MAX_POSITION)),
+    st.tuples(st.just("insert"), st.integers(0, _MAX_POSITION), st.binary(min_size=1, max_size=16)),
+    st.tuples(st.just("delete"), st.integers(0, _MAX_POSITION), st.integers(1, 64)),
+    st.tuples(st.just("overwrite"), st.integers(0, _MAX_POSITION), st.binary(min_size=1, max_size=8)),
+    st.tuples(st.just("duplicate"), st.integers(0, _MAX_POSITION), st.integers(1, 256)),
+)
+
+
+def _mutate(data, mutation):
+    """Apply one mutation; positions wrap around the length of the data."""
+    kind, position = mutation[0], mutation[1] % (len(data) + 1)
+    if kind == "flip":
+        if not data:
+            return data
+        position %= len(data)
+        return data[:position] + bytes([data[position] ^ (1 << mutation[2])]) + data[position + 1:]
+    if kind == "truncate":
+        return data[:position]
+    if kind == "insert":
+        return data[:position] + mutation[2] + data[position:]
+    if kind == "delete":
+        return data[:position] + data[position + mutation[2]:]
+    if kind == "overwrite":
+        return data[:position] + mutation[2] + data[position + len(mutation[2]):]
+    if kind == "duplicate":
+        return data[:position] + data[position:position + mutation[2]] * 2 + data[position + mutation[2]:]
+    raise AssertionError(kind)
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=4096), st.binary(min_size=48, max_size=3000).map(base64.b64encode)))
+def test_fuzz_load_key_random_bytes(data):
+    with pytest.raises(sf_jwt.InvalidKeyError):
+        sf_jwt.load_private_key(data)
+
+
+@FUZZ
+@given(_der_trees, st.sampled_from([None] + _PEM_LABELS))
+def test_fuzz_load_key_der_tree(der, label):
+    data = der if label is None else _pem_armour(label, der)
+
+    with pytest.raises(sf_jwt.InvalidKeyError):
+        sf_jwt.load_private_key(data)
+
+
+@FUZZ
+@given(_pkcs1_with_hostile_number())
+def test_fuzz_load_key_hostile_numbers(der):
+    _assert_loads_fixture_or_rejects(der)
+
+
+@FUZZ
+@given(st.sampled_from(_KEY_FIXTURES), st.lists(_mutations, min_size=1, max_size=4))
+def test_fuzz_load_key_mutated_file(name, mutations):
+    data = _KEY_FIXTURE_BYTES[name]
+    for mutation in mutations:
+        data = _mutate(data, mutation)
+
+    _assert_loads_fixture_or_rejects(data)
+
+
+def _der_headers(der, start=0, end=None):
+    """Yield (offset, header size, content size) of every element, descending into constructed
+    elements and into OCTET STRINGs that hold DER, as PKCS#8 does."""
+    end = len(der) if end is None else end
+    offset = start
+    while offset < end:
+        tag, first = der[offset], der[offset + 1]
+        if first < 0x80:
+            header, length = 2, first
+        else:
+            header = 2 + (first & 0x7F)
+            length = int.from_bytes(der[offset + 2:offset + header], "big")
+        yield offset, header, length
+        content_start = offset + header
+        if tag & 0x20 or (tag == 0x04 and der[content_start:content_start + 1] == b"\x30"):
+            for item in _der_headers(der, content_start, content_start + length):
+                yield item
+        offset = content_start + length
+
+
+def _corpus_truncated(names):
+    for name in names:
+        data = _KEY_FIXTURE_BYTES[name]
+        for size in range(len(data)):
+            yield data[:size]
+
+
+def _corpus_bit_flips(names):
+    for name in names:
+        data = _KEY_FIXTURE_BYTES[name]
+        bits = range(len(data) * 8)
+        chosen = bits if CORPUS_FLIPS >= len(bits) else random.Random(name).sample(bits, CORPUS_FLIPS)
+        for bit in chosen:
+            yield _mutate(data, ("flip", bit // 8, bit % 8))
+
+
+def _corpus_length_fields():
+    """Every length field of both DER fixtures, replaced by each hostile length."""
+    for name in ("jwt_key_pkcs1.der", "jwt_key_pkcs8.der"):
+        der = _KEY_FIXTURE_BYTES[name]
+        for offset, header, length in _der_headers(der):
+            for style in _HOSTILE_LENGTH_STYLES + ["zero", "reserved 0xFF"]:
+                if style == "zero":
+                    field = b"\x00"
+                elif style == "reserved 0xFF":
+                    field = b"\xff"
+                else:
+                    field = _der_length(length, style)
+                mutated = der[:offset + 1] + field + der[offset + header:]
+                if mutated != der:  # a NULL's length of 0 stays 0 under "one less"
+                    yield mutated
+
+
+def _corpus_deep_nesting():
+    nested = b""
+    for _ in range(5000):
+        nested = _der_tlv(0x30, nested)
+    yield nested
+    yield b"\x30\x80" * 50000
+    yield b"\x30\x84\x7f\xff\xff\xff" * 10000
+    pkcs8 = (TESTDATA / "jwt_key_pkcs1.der").read_bytes()
+    for _ in range(100):
+        pkcs8 = _pkcs8_wrap(pkcs8)
+    yield pkcs8
+    wrapped = KEY_PKCS1.read_bytes()
+    for _ in range(20):
+        wrapped = base64.b64encode(wrapped)
+    yield wrapped
+    yield _pem_armour("PRIVATE KEY", KEY_PKCS8.read_bytes())
+    yield _pem_armour("CERTIFICATE", b"\x30\x00") * 15000
+    yield b"-----BEGIN RSA PRIVATE KEY-----\n" * 20000
+
+
+def _corpus_huge_integers():
+    one_mib_integer = 2 ** (8 * MIB - 1) + 1
+    for field in ("n", "e", "d", "p", "q", "dp", "dq", "qi"):
+        numbers = dict(_FIXTURE_NUMBERS)
+        numbers[field] = one_mib_integer
+        yield _pkcs1_der(**numbers)
+    yield _der_tlv(0x30, _der_integer(one_mib_integer) + _pkcs1_der(**_FIXTURE_NUMBERS)[4:])
+    for bits in (511, 16385, 65536):
+        numbers = dict(_FIXTURE_NUMBERS)
+        numbers["n"] = 2 ** (bits - 1) + 1
+        yield _pkcs1_der(**numbers)
+    for field in ("d", "p", "q"):
+        numbers = dict(_FIXTURE_NUMBERS)
+        numbers[field] = numbers["n"]
+        yield _pkcs1_der(**numbers)
+
+
+KEY_CORPUS = {
+    "truncated DER": lambda: _corpus_truncated(["jwt_key_pkcs1.der", "jwt_key_pkcs8.der"]),
+    "truncated PEM": lambda: _corpus_truncated(["jwt_key_pkcs1.pem", "jwt_key_pkcs8.pem"]),
+    "bit-flipped DER": lambda: _corpus_bit_flips(["jwt_key_pkcs1.der", "jwt_key_pkcs8.der"]),
+    "bit-flipped PEM": lambda: _corpus_bit_flips(["jwt_key_pkcs1.pem", "jwt_key_pkcs8.pem"]),
+    "hostile length fields": _corpus_length_fields,
+    "deep nesting": _corpus_deep_nesting,
+    "huge integers": _corpus_huge_integers,
+}
+
+
+@pytest.mark.parametrize("category", sorted(KEY_CORPUS))
+def test_key_mutation_corpus(category):
+    failures = []
+    loaded = 0
+    for index, data in enumerate(KEY_CORPUS[category]()):
+        try:
+            loaded += _assert_loads_fixture_or_rejects(data)
+        except Exception as error:  # the test reports every input that escapes the documented errors
+            failures.append("input {}: {}: {}".format(index, type(error).__name__, str(error)[:200]))
+
+    assert failures == []
+    # A damaged key may still load, as the fixture key itself: whitespace or text outside
+    # the PEM block, the PKCS#8 version (0 or 1, RFC 5958) and the AlgorithmIdentifier
+    # parameters are not part of the key. Numbers never change unnoticed.
+    if category in ("hostile length fields", "huge integers"):
+        assert loaded == 0
+
+
+@pytest.mark.parametrize("length_field, name", [(b"\x84\x80\x00\x00\x00", "2**31 bytes"),
+                                                (b"\x83\xa0\x00\x00", "10 MiB")])
+def test_der_absurd_length_rejected_without_allocating(length_field, name):
+    data = b"\x30" + length_field + bytes(range(10))
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(sf_jwt.InvalidKeyError) as caught:
+            sf_jwt.load_private_key(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert "length" in str(caught.value)
+    assert peak < MIB, "loading a {}-byte key that claims {} allocated {} bytes".format(len(data), name, peak)
+
+
+def _key_file_of_size(path, size):
+    """Write the fixture key padded with trailing newlines to exactly ``size`` bytes, mode 0600."""
+    key = KEY_PKCS1.read_bytes()
+    path.write_bytes(key + b"\n" * (size - len(key)))
+    path.chmod(0o600)
+    return path
+
+
+def test_key_file_of_1_mib_loads(tmp_path):
+    path = _key_file_of_size(tmp_path / "padded.pem", MIB)
+
+    assert sf_jwt.load_private_key(str(path)).public_numbers == _FIXTURE_PUBLIC
+
+
+def test_key_file_over_1_mib_rejected(tmp_path):
+    path = _key_file_of_size(tmp_path / "padded.pem", MIB + 1)
+
+    with pytest.raises(sf_jwt.InvalidKeyError) as caught:
+        sf_jwt.load_private_key(str(path))
+
+    assert "1 MiB" in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero, an endless file")
+def test_key_file_endless_rejected():
+    tracemalloc.start()
+    try:
+        with pytest.raises(sf_jwt.InvalidKeyError) as caught:
+            sf_jwt.load_private_key("/dev/zero")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert "1 MiB" in str(caught.value)
+    assert peak < 4 * MIB
+
+
+def test_key_path_with_nul_byte_rejected():
+    with pytest.raises(sf_jwt.InvalidKeyError):
+        sf_jwt.load_private_key("server\x00.key")
+
+
+@pytest.mark.parametrize("cut", ["no begin line", "one line", "long"])
+def test_key_text_not_echoed_as_path(cut):
+    text = KEY_PKCS1.read_text()
+    if cut == "no begin line":
+        source = text.split("\n", 1)[1]
+    elif cut == "one line":
+        source = text.replace("\n", " ").split(" ", 1)[1]
+    else:
+        source = "x" * 300 + text.split("\n", 1)[1]
+
+    with pytest.raises(sf_jwt.InvalidKeyError) as caught:
+        sf_jwt.load_private_key(source)
+
+    for line in _pem_body_lines(KEY_PKCS1):
+        assert line not in str(caught.value)
+
+
+# --- Hardening: base64url and the decode command ---
+
+_BASE64URL_CHARACTERS = string.ascii_letters + string.digits + "-_"
+
+
+@FUZZ
+@given(st.one_of(
+    st.text(max_size=120),
+    st.text(alphabet=_BASE64URL_CHARACTERS + "=+/ \n.", max_size=120),
+    st.binary(max_size=120),
+    st.binary(max_size=90).map(_bytes_to_b64url),
+))
+def test_fuzz_base64url_decode(text):
+    try:
+        data = sf_jwt.base64url_decode(text)
+    except sf_jwt.DecodeError as error:
+        assert str(error)
+        return
+
+    raw = text if isinstance(text, bytes) else text.encode("ascii")
+    unpadded = raw.rstrip(b"=")
+    assert data == base64.b64decode(unpadded + b"=" * (-len(unpadded) % 4), altchars=b"-_", validate=True)
+
+
+@pytest.mark.parametrize("value", [None, 12, 1.5, ["Zm9v"], memoryview(b"Zm9v")], ids=repr)
+def test_base64url_decode_wrong_type(value):
+    with pytest.raises(TypeError):
+        sf_jwt.base64url_decode(value)
+
+
+def _json_containers(children):
+    return st.one_of(st.lists(children, max_size=5), st.dictionaries(st.text(max_size=12), children, max_size=6))
+
+
+_json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.floats(), st.text(max_size=40))
+_json_values = st.recursive(_json_scalars, _json_containers, max_leaves=25)
+
+
+def _json_segment(value):
+    return _bytes_to_b64url(json.dumps(value).encode("utf-8"))
+
+
+_jwt_segments = st.one_of(
+    st.text(alphabet=_BASE64URL_CHARACTERS + "=+/ ", max_size=80),
+    _json_values.map(_json_segment),
+    st.dictionaries(st.text(max_size=8), _json_values, max_size=5).map(_json_segment),
+    st.binary(max_size=64).map(_bytes_to_b64url),
+    st.text(max_size=20),
+)
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=200), st.lists(_jwt_segments, min_size=1, max_size=5).map(".".join)))
+def test_fuzz_decode_jwt(text):
+    try:
+        header, claims, signing_input, signature = sf_jwt._decode_jwt(text)
+    except sf_jwt.DecodeError as error:
+        assert str(error)
+        return
+
+    segments = text.strip().split(".")
+    assert len(segments) == 3
+    assert json.dumps(header, sort_keys=True) == json.dumps(json.loads(_b64url_to_bytes(segments[0])), sort_keys=True)
+    assert json.dumps(claims, sort_keys=True) == json.dumps(json.loads(_b64url_to_bytes(segments[1])), sort_keys=True)
+    assert signing_input == (segments[0] + "." + segments[1]).encode("ascii")
+    assert signature == _b64url_to_bytes(segments[2])
+
+
+def _run_cli_bytes(args, stdin=b"", env=None):
+    """Run the command line with binary standard input; return the completed process with text output."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "sf_jwt"] + list(args), cwd=str(REPO), env=env if env is not None else _clean_env(),
+        input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=SUBPROCESS_TIMEOUT,
+    )
+    completed.stdout = completed.stdout.decode("utf-8", "replace")
+    completed.stderr = completed.stderr.decode("utf-8", "replace")
+    return completed
+
+
+def _deeply_nested_claims():
+    return "eyJhbGciOiJSUzI1NiJ9." + _bytes_to_b64url(b"[" * 100000 + b"]" * 100000) + ".c2ln"
+
+
+HOSTILE_DECODE_INPUTS = [
+    ("2 MiB on stdin", ["decode", "-"], b"A" * (2 * MIB)),
+    ("deeply nested claims", ["decode", "-"], _deeply_nested_claims().encode("ascii")),
+    ("random text on stdin", ["decode", "-"], _random_bytes(4096, 7).decode("latin-1").encode("utf-8")),
+    ("header is a list", ["decode", _json_segment(["RS256"]) + "." + _json_segment({}) + ".c2ln"], b""),
+    ("100 KB argument", ["decode", "eyJhbGciOiJSUzI1NiJ9." + "A" * 100000 + ".c2ln"], b""),
+    ("signature is not base64url", ["decode", _json_segment({"alg": "RS256"}) + ".e30.!!", "--cert", str(JWT_CERT)],
+     b""),
+]
+
+
+@pytest.mark.parametrize("args, stdin", [row[1:] for row in HOSTILE_DECODE_INPUTS],
+                         ids=[row[0] for row in HOSTILE_DECODE_INPUTS])
+def test_cli_decode_hostile_input(args, stdin):
+    completed = _run_cli_bytes(args, stdin)
+
+    _assert_clean_failure(completed, 2)
+    assert completed.stdout == ""
+
+
+@pytest.mark.parametrize("exp", [10 ** 30, -5, "soon"])
+def test_cli_decode_odd_exp(exp):
+    claims = {"iss": CONSUMER_KEY, "exp": exp}
+
+    completed = _run_cli(["decode", _json_segment({"alg": "RS256"}) + "." + _json_segment(claims) + ".c2ln"])
+
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads(completed.stdout)
+    assert document["claims"] == claims
+    assert "expires_at" not in document
+
+
+def test_cli_decode_invalid_utf8_stdin():
+    completed = _run_cli_bytes(["decode", "-"], b"eyJhbGciOiJSUzI1NiJ9.\xff\xfe.c2ln",
+                               env=_clean_env(PYTHONIOENCODING="utf-8"))
+
+    _assert_clean_failure(completed, 2)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero, an endless file")
+def test_cli_decode_endless_certificate():
+    completed = _run_cli(["decode", _signed_assertion(), "--cert", "/dev/zero"])
+
+    _assert_clean_failure(completed, 2)
+    assert "1 MiB" in completed.stderr
+
+
+# --- Hardening: token responses ---
+
+_TOKEN_FIELDS = ["access_token", "instance_url", "id", "token_type", "scope", "issued_at", "signature", "error",
+                 "error_description"]
+_HOSTILE_URLS = [
+    "https://[oops", "https://[::1", "https://]x", 
+    "https://127.0.0.1:8443", "https://acme.my.salesforce.com", "HTTPS://ACME.MY.SALESFORCE.COM/", "http://127.0.0.1:1",
+    "http://[::1]:8080", "http://example.invalid", "https://user@example.invalid", "https://h?x=1", "https://h#f",
+    "https://h:0", "https://h:99999", "https://h:-1", "javascript:alert(1)", "file:///etc/passwd", "//example.invalid",
+    "", " ", "https://h/\r\nX-Injected: 1", "https://h\x00.example",
+]
+_STATUSES = st.one_of(st.sampled_from([200, 201, 204, 301, 302, 303, 307, 308, 400, 401, 403, 404, 429, 500, 502, 503,
+                                       504]), st.integers(100, 599))
+_HEADER_SAMPLES = ["application/json", "text/html; charset=utf-8", "120", "0", "-1", "1e9", "9" * 400,
+                   "Wed, 21 Oct 2015 07:28:00 GMT", "Fri, 31 Dec 9999 23:59:59 GMT", "Mon, 01 Jan 0001 00:00:00 GMT",
+                   "Mon, 01 Jan 2024 00:00:00 +9999", "https://127.0.0.1:1" + TOKEN_PATH, "/relative", ""]
+# http.client decodes header values as Latin-1, so any of these characters can arrive.
+_header_values = st.one_of(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=60),
+                           st.sampled_from(_HEADER_SAMPLES))
+_huge_strings = st.builds(lambda character, count: character * count, st.characters(), st.integers(0, 300000))
+_token_field_values = st.one_of(_json_values, st.sampled_from(_HOSTILE_URLS), _huge_strings)
+
+
+@st.composite
+def _response_headers(draw):
+    headers = http.client.HTTPMessage()
+    for name in ("Content-Type", "Retry-After", "Location"):
+        if draw(st.booleans()):
+            headers[name] = draw(_header_values)
+    return headers
+
+
+@st.composite
+def _token_documents(draw):
+    """A successful token response with some fields replaced, or a dict of token fields with any values."""
+    if draw(st.booleans()):
+        document = {"access_token": "00D5g000004Ab1C!AQfuzz", "instance_url": "https://127.0.0.1:8443",
+                    "id": "https://127.0.0.1:8443/id/00D/005", "token_type": "Bearer", "scope": "api",
+                    "issued_at": "1700000000000"}
+    else:
+        document = {}
+    changes = draw(st.dictionaries(st.one_of(st.sampled_from(_TOKEN_FIELDS), st.text(max_size=8)),
+                                   _token_field_values, max_size=6))
+    document.update(changes)
+    return document
+
+
+def _json_bytes(value):
+    return json.dumps(value).encode("utf-8")
+
+
+_response_bodies = st.one_of(st.binary(max_size=300), _json_values.map(_json_bytes), _token_documents().map(_json_bytes))
+
+
+# Printable ASCII without spaces, the characters an HTTP header can carry (RFC 6750 section 2.1).
+_BEARER_TOKEN = re.compile(r"\A[\x21-\x7e]+\Z")
+
+
+def _control_characters(text):
+    return [character for character in text if ord(character) < 0x20 or ord(character) == 0x7F]
+
+
+def _is_safe_response_url(url):
+    """Independent check of a URL the module accepted from a token response: https, or http to loopback."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() == "https":
+        return bool(parts.hostname)
+    return parts.scheme.lower() == "http" and _is_loopback_host(parts.hostname)
+
+
+@FUZZ
+@given(_STATUSES, _response_headers(), _response_bodies)
+def test_fuzz_token_response(status, headers, body):
+    try:
+        token = sf_jwt._token_from_response(status, headers, body, FUZZ_TOKEN_URL)
+    except sf_jwt.AuthenticationError as error:
+        assert error.status == status
+        assert not 200 <= status < 400
+        assert str(error).strip()
+        assert not _control_characters(str(error))
+    except sf_jwt.TransportError as error:
+        assert str(error).strip()
+        assert not _control_characters(str(error))
+        assert error.status == status
+        assert error.retryable == (status in (429, 502, 503, 504))
+    else:
+        assert 200 <= status < 300
+        assert _BEARER_TOKEN.match(token.access_token)
+        assert _is_safe_response_url(token.instance_url)
+        assert token.id is None or _is_safe_response_url(token.id)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Retry-After": "5"}, {"Location": "https://127.0.0.1:1/"}])
+@pytest.mark.parametrize("status", [200, 302, 400, 503])
+def test_token_response_huge_strings(status, headers):
+    document = {"access_token": "t" * 900000, "instance_url": "https://127.0.0.1:1", "id": "https://127.0.0.1:1/id",
+                "error": "e" * 50000, "error_description": "\u2028\x00" * 50000, "scope": ["x"] * 10000}
+    message = http.client.HTTPMessage()
+    for name, value in headers.items():
+        message[name] = value
+
+    try:
+        token = sf_jwt._token_from_response(status, message, _json_bytes(document), FUZZ_TOKEN_URL)
+    except (sf_jwt.AuthenticationError, sf_jwt.TransportError) as error:
+        assert len(str(error)) < 2000
+        assert "\x00" not in str(error)
+        assert "\u2028" not in str(error)
+    else:
+        assert status == 200
+        assert len(token.access_token) == 900000
+        assert len(repr(token)) < 500
+
+
+_ESCAPES = "\x1b[31m\x00\x07\x1b(B"
+
+
+def _response_with_escapes(where):
+    """Return (status, headers, body) of a response that carries terminal escapes in one place."""
+    headers = http.client.HTTPMessage()
+    if where == "HTML title":
+        return 503, headers, b"<html><title>Down" + _ESCAPES.encode("latin-1") + b"</title></html>"
+    if where == "Content-Type":
+        headers["Content-Type"] = "text/html" + _ESCAPES
+        return 503, headers, b"maintenance"
+    if where == "Location":
+        headers["Location"] = "https://login" + _ESCAPES.replace("[", "").replace("(", "") + ".example.invalid/"
+        return 302, headers, b""
+    return 200, headers, _json_bytes({"field" + _ESCAPES: 1})
+
+
+@pytest.mark.parametrize("where", ["HTML title", "Content-Type", "Location", "field name"])
+def test_server_text_loses_control_characters(where):
+    status, headers, body = _response_with_escapes(where)
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        sf_jwt._token_from_response(status, headers, body, FUZZ_TOKEN_URL)
+
+    assert not _control_characters(str(caught.value))
+
+
+@pytest.mark.parametrize("value", ["\xb2", "\xb9\xb2"])
+def test_retry_after_non_ascii_digit(value):
+    headers = http.client.HTTPMessage()
+    headers["Retry-After"] = value
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        sf_jwt._token_from_response(503, headers, b"", FUZZ_TOKEN_URL)
+
+    assert caught.value.retryable is True
+
+
+def _call_with_url(where, url):
+    """Put a URL with an unbalanced '[' where the module parses it."""
+    if where in ("Location", "instance_url", "id"):
+        headers = http.client.HTTPMessage()
+        document = {"access_token": "00D!AQ", "instance_url": "https://127.0.0.1:1"}
+        status = 200
+        if where == "Location":
+            headers["Location"] = url
+            status = 302
+        else:
+            document[where] = url
+        sf_jwt._token_from_response(status, headers, _json_bytes(document), FUZZ_TOKEN_URL)
+    elif where == "login_url":
+        sf_jwt.get_token(CONSUMER_KEY, USERNAME, str(KEY_PKCS1), login_url=url)
+    else:
+        sf_jwt.get_token(CONSUMER_KEY, USERNAME, str(KEY_PKCS1), audience=url)
+
+
+@pytest.mark.parametrize("url", ["https://[oops", "https://[::1"])
+@pytest.mark.parametrize("where, expected", [
+    ("Location", sf_jwt.TransportError), ("instance_url", sf_jwt.TransportError), ("id", sf_jwt.TransportError),
+    ("login_url", sf_jwt.ConfigurationError), ("audience", sf_jwt.ConfigurationError),
+])
+def test_unbalanced_bracket_url_rejected(where, expected, url):
+    with pytest.raises(expected):
+        _call_with_url(where, url)
+
+
+@pytest.mark.parametrize("status", [201, 204])
+def test_transport_error_keeps_2xx_status(status):
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        sf_jwt._token_from_response(status, http.client.HTTPMessage(), b"{}", FUZZ_TOKEN_URL)
+
+    assert caught.value.status == status
+
+
+@pytest.mark.parametrize("code", ["", "\x00\x01", "   "])
+def test_oauth_error_without_code_has_message(code):
+    body = _json_bytes({"error": code, "error_description": ""})
+
+    with pytest.raises((sf_jwt.AuthenticationError, sf_jwt.TransportError)) as caught:
+        sf_jwt._token_from_response(400, http.client.HTTPMessage(), body, FUZZ_TOKEN_URL)
+
+    assert str(caught.value).strip()
+
+
+def test_token_response_huge_json_integer():
+    document = b'{"access_token": "00D!AQ", "instance_url": "https://127.0.0.1:1", "issued_at": ' + b"7" * 5000 + b"}"
+
+    with pytest.raises(sf_jwt.TransportError):
+        sf_jwt._token_from_response(200, http.client.HTTPMessage(), document, FUZZ_TOKEN_URL)
+
+
+# Values an attacker-controlled or broken token endpoint might send as id or instance_url.
+HOSTILE_RESPONSE_URLS = [
+    "http://example.invalid/id/00D/005", "http://login.salesforce.com/id/00D/005", "javascript:alert(1)",
+    "file:///etc/passwd", "ftp://example.invalid/id", "https://user@example.invalid/id", "//example.invalid/id",
+    "https://h/id?x=1", "", " ", 12345, ["https://example.invalid"], {"url": "https://example.invalid"}, True,
+]
+
+
+@pytest.mark.parametrize("field", ["id", "instance_url"])
+@pytest.mark.parametrize("value", HOSTILE_RESPONSE_URLS, ids=repr)
+def test_token_response_rejects_unsafe_url(field, value):
+    document = {"access_token": "00D!AQsecretish", "instance_url": "https://127.0.0.1:1", "id": None}
+    document[field] = value
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        sf_jwt._token_from_response(200, http.client.HTTPMessage(), _json_bytes(document), FUZZ_TOKEN_URL)
+
+    assert field in str(caught.value)
+    assert "00D!AQsecretish" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [None, "http://127.0.0.1:1/id/00D/005", "http://[::1]:8080/id",
+                                   "https://acme.my.salesforce.com/id/00D/005"])
+def test_token_response_accepts_safe_id(value):
+    document = {"access_token": "00D!AQ", "instance_url": "https://127.0.0.1:1"}
+    if value is not None:
+        document["id"] = value
+
+    token = sf_jwt._token_from_response(200, http.client.HTTPMessage(), _json_bytes(document), FUZZ_TOKEN_URL)
+
+    assert token.id == value
+
+
+def _serve_body_changes(fake, **changes):
+    """Make the fake's successful responses carry ``changes`` (a value of None deletes the field)."""
+    original = fake.success_body
+
+    def success_body():
+        body = original()
+        for name, value in changes.items():
+            if value is None:
+                body.pop(name, None)
+            else:
+                body[name] = value
+        return body
+
+    fake.success_body = success_body
+
+
+def test_http_id_never_used(fake, outside_connections):
+    _serve_body_changes(fake, id="http://example.invalid/id/00D/005")
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _get_token(fake)
+    results = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, str(KEY_PKCS1), login_url=fake.base_url,
+                                 ca_file=str(CA_CERT), timeout=10)
+
+    assert "id" in str(caught.value)
+    assert {result.name: result.status for result in results}["token request"] == "FAIL"
+    assert "identity" not in {result.name for result in results}
+    assert [request.path for request in fake.requests if request.path != "/"] == [TOKEN_PATH, TOKEN_PATH]
+    assert outside_connections == []
+
+
+@pytest.mark.parametrize("suffix", ["\r\nX-Injected: 1", "\x00", "\u20ac"], ids=["CRLF", "NUL", "euro sign"])
+def test_access_token_with_control_character_rejected(fake, suffix):
+    token = "00D5g000004Ab1C!AQ" + "k" * 40 + suffix
+    _serve_body_changes(fake, access_token=token)
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _provider(fake).request("GET", API_PATH + "/v62.0/limits")
+
+    assert "k" * 40 not in repr(caught.value)
+    assert fake.api_calls == []
+
+
+# --- Hardening: broken networks ---
+
+
+class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.server.fake.requests.append((self.command, self.path))
+        try:
+            self.server.fake.respond(self)
+        except OSError as error:  # the client hung up, as several tests expect
+            self.server.fake.write_errors.append(error)
+        self.close_connection = True
+
+    do_GET = do_HEAD = do_POST
+
+
+class _ScriptedServer(object):
+    """A loopback HTTPS server that writes whatever ``respond(handler)`` writes, for broken responses."""
+
+    def __init__(self, respond, certificate=SERVER_CERT):
+        self.respond = respond
+        self.requests = []
+        self.server_errors = []
+        self.write_errors = []
+        self.sent = 0
+        self.release = threading.Event()
+        self.finished = threading.Event()
+        self._server = _Server(("127.0.0.1", 0), _ScriptedHandler)
+        self._server.fake = self
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(certificate), str(SERVER_KEY))
+        self._server.tls_context = context
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01})
+        self._thread.daemon = True
+        self._thread.start()
+
+    @property
+    def token_url(self):
+        return "https://127.0.0.1:%d%s" % (self._server.server_address[1], TOKEN_PATH)
+
+    def stop(self):
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def start_scripted():
+    servers = []
+
+    def start(respond, certificate=SERVER_CERT):
+        server = _ScriptedServer(respond, certificate)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def _raw_response(status_line, headers, body):
+    """Return a respond function that writes one HTTP response exactly as given."""
+    def respond(handler):
+        lines = [status_line] + ["%s: %s" % pair for pair in headers] + ["", ""]
+        handler.wfile.write("\r\n".join(lines).encode("latin-1") + body)
+    return respond
+
+
+def _json_response(body, status_line="HTTP/1.1 200 OK"):
+    return _raw_response(status_line, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                     ("Connection", "close")], body)
+
+
+def _token_body_of_size(size):
+    document = {"access_token": "00D5g000004Ab1C!AQsized", "instance_url": "https://127.0.0.1:1", "pad": ""}
+    document["pad"] = "x" * (size - len(_json_bytes(document)))
+    body = _json_bytes(document)
+    assert len(body) == size
+    return body
+
+
+def _request_scripted(server, signing_key, timeout=10):
+    return sf_jwt.request_token(_assertion_for(signing_key), server.token_url, timeout=timeout, ca_file=str(CA_CERT))
+
+
+def test_token_response_of_1_mib_accepted(start_scripted, signing_key):
+    server = start_scripted(_json_response(_token_body_of_size(MIB)))
+
+    token = _request_scripted(server, signing_key)
+
+    assert token.access_token == "00D5g000004Ab1C!AQsized"
+
+
+def test_token_response_over_1_mib_rejected(start_scripted, signing_key):
+    server = start_scripted(_json_response(_token_body_of_size(MIB + 1)))
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _request_scripted(server, signing_key)
+
+    assert str(MIB) in str(caught.value)
+    assert "00D5g000004Ab1C!AQsized" not in str(caught.value)
+
+
+def test_token_response_endless_body_stops_early(start_scripted, signing_key):
+    limit = 64 * MIB
+
+    def respond(handler):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+        chunk = b" " * 65536
+        try:
+            while server.sent < limit and not server.release.is_set():
+                handler.wfile.write(chunk)
+                server.sent += len(chunk)
+        finally:
+            server.finished.set()
+
+    server = start_scripted(respond)
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _request_scripted(server, signing_key)
+
+    assert "larger than" in str(caught.value)
+    assert server.finished.wait(10)
+    assert server.sent < limit, "the client read the whole 64 MiB instead of stopping after 1 MiB"
+    assert server.write_errors
+
+
+@pytest.mark.parametrize("content_length", [str(2 ** 40), str(2 ** 64), "-1", "12abc"])
+def test_token_response_lying_content_length(start_scripted, signing_key, content_length):
+    server = start_scripted(_raw_response("HTTP/1.1 200 OK", [("Content-Type", "application/json"),
+                                                             ("Content-Length", content_length),
+                                                             ("Connection", "close")], b'{"access_token": "x"'))
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _request_scripted(server, signing_key)
+
+    assert caught.value.status in (None, 200)
+
+
+def test_token_response_stall_mid_body(start_scripted, signing_key):
+    def respond(handler):
+        _raw_response("HTTP/1.1 200 OK", [("Content-Type", "application/json"), ("Content-Length", "1000")],
+                    b'{"access_token": ')(handler)
+        server.release.wait(STALL_SECONDS)
+
+    server = start_scripted(respond)
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _request_scripted(server, signing_key, timeout=1)
+
+    assert "timed out" in str(caught.value)
+    assert caught.value.retryable is True
+
+
+def test_token_response_closed_mid_body(start_scripted, signing_key):
+    server = start_scripted(_raw_response("HTTP/1.1 200 OK", [("Content-Type", "application/json"),
+                                                             ("Content-Length", "1000"), ("Connection", "close")],
+                                        b'{"access_token": '))
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _request_scripted(server, signing_key)
+
+    assert "closed" in str(caught.value)
+    assert "1000" in str(caught.value)
+    assert caught.value.retryable is True
+
+
+@pytest.mark.parametrize("response", [
+    _raw_response("SSH-2.0-OpenSSH_9.6", [], b""),
+    _raw_response("HTTP/1.1 200 OK", [("X-Flood", str(number)) for number in range(200)], b""),
+    _raw_response("HTTP/1.1 200 OK", [("X-Long", "a" * 70000)], b""),
+    _raw_response("HTTP/1.1 999999999999 Whatever", [("Content-Length", "0")], b""),
+], ids=["not HTTP", "200 headers", "70 KB header line", "absurd status"])
+def test_token_response_malformed_http(start_scripted, signing_key, response):
+    server = start_scripted(response)
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _request_scripted(server, signing_key)
+
+    assert caught.value.retryable is False
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirect_never_followed(start_scripted, start_fake, signing_key, status):
+    other = start_fake()
+    server = start_scripted(_raw_response("HTTP/1.1 %d Moved" % status, [("Location", other.token_url),
+                                                                       ("Content-Length", "0"),
+                                                                       ("Connection", "close")], b""))
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _request_scripted(server, signing_key)
+
+    assert caught.value.status == status
+    assert "127.0.0.1:%d" % other.port in str(caught.value)
+    assert len(server.requests) == 1
+    assert other.requests == []
+
+
+def _silent_listener(accept):
+    """Start a loopback TCP listener that accepts a connection (or not) and never sends anything.
+
+    Return the listener and a function that stops it.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0 if not accept else 4)
+    release = threading.Event()
+    connections = []
+
+    def hold():
+        listener.settimeout(STALL_SECONDS + 2)
+        try:
+            connections.append(listener.accept()[0])
+        except OSError:
+            return
+        if accept == "close":
+            connections[-1].close()
+        release.wait(STALL_SECONDS)
+
+    thread = threading.Thread(target=hold)
+    thread.daemon = True
+    if accept:
+        thread.start()
+
+    def stop():
+        release.set()
+        if accept:
+            thread.join(STALL_SECONDS + 5)
+        for connection in connections:
+            connection.close()
+        listener.close()
+
+    return listener, stop
+
+
+def test_transport_tls_handshake_stall(signing_key):
+    listener, stop = _silent_listener(accept="hold")
+    token_url = "https://127.0.0.1:%d%s" % (listener.getsockname()[1], TOKEN_PATH)
+    try:
+        with pytest.raises(sf_jwt.TransportError) as caught:
+            sf_jwt.request_token(_assertion_for(signing_key), token_url, timeout=1, ca_file=str(CA_CERT))
+    finally:
+        stop()
+
+    assert "timed out" in str(caught.value)
+    assert caught.value.retryable is True
+
+
+def test_transport_closed_before_tls(signing_key):
+    listener, stop = _silent_listener(accept="close")
+    token_url = "https://127.0.0.1:%d%s" % (listener.getsockname()[1], TOKEN_PATH)
+    try:
+        with pytest.raises(sf_jwt.TransportError) as caught:
+            sf_jwt.request_token(_assertion_for(signing_key), token_url, timeout=5, ca_file=str(CA_CERT))
+    finally:
+        stop()
+
+    assert "127.0.0.1" in str(caught.value)
+
+
+def test_transport_connect_timeout(signing_key):
+    # A listener that never accepts, with its backlog full: the kernel drops further
+    # SYNs, so the client's connect() itself waits until the timeout.
+    listener, stop = _silent_listener(accept=None)
+    address = listener.getsockname()
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            filler.connect_ex(address)
+            fillers.append(filler)
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        fillers.append(probe)
+        probe.settimeout(0.5)
+        try:
+            probe.connect(address)
+        except socket.timeout:
+            pass
+        else:
+            pytest.skip("this kernel completed a connection to a listener with a full backlog")
+
+        token_url = "https://127.0.0.1:%d%s" % (address[1], TOKEN_PATH)
+        with pytest.raises(sf_jwt.TransportError) as caught:
+            sf_jwt.request_token(_assertion_for(signing_key), token_url, timeout=1, ca_file=str(CA_CERT))
+    finally:
+        for filler in fillers:
+            filler.close()
+        stop()
+
+    assert "timed out" in str(caught.value)
+    assert caught.value.retryable is True
+    assert caught.value.status is None
+
+
+# --- Hardening: TLS ---
+
+
+def _serve_certificate(fake, certificate):
+    """Make a running fake present another certificate (with testdata/server.key) from its next handshake."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(certificate), str(SERVER_KEY))
+    fake._server.tls_context = context
+
+
+def _start_fake_on_127_0_0_2(start_fake):
+    try:
+        return start_fake(host="127.0.0.2")
+    except OSError as error:
+        pytest.skip("cannot listen on 127.0.0.2: %s" % error)
+
+
+def test_tls_host_name_mismatch(start_fake):
+    fake = _start_fake_on_127_0_0_2(start_fake)
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _get_token(fake)
+
+    message = str(caught.value)
+    assert "certificate verification failed" in message
+    assert "127.0.0.2" in message
+    assert "mismatch" in message or "match" in message
+    assert "--ca-file" in message
+    assert caught.value.retryable is False
+    assert fake.requests == []
+
+
+@pytest.mark.xfail(not hasattr(ssl, "SSLCertVerificationError"), strict=True,
+                   reason="Python 3.6 gives no verify_message, so the message reads only 'certificate verify "
+                          "failed' and does not name the expiry")
+def test_tls_expired_certificate(fake):
+    _serve_certificate(fake, SERVER_EXPIRED_CERT)
+
+    with pytest.raises(sf_jwt.TransportError) as caught:
+        _get_token(fake)
+
+    message = str(caught.value)
+    assert "certificate verification failed" in message
+    assert "expired" in message
+    assert "--ca-file" in message
+    assert caught.value.retryable is False
+    assert fake.requests == []
+
+
+def test_expired_certificate_fixture_is_expired():
+    certificate = x509.load_pem_x509_certificate(SERVER_EXPIRED_CERT.read_bytes())
+    issuer = x509.load_pem_x509_certificate(CA_CERT.read_bytes())
+
+    not_after = getattr(certificate, "not_valid_after_utc", None)  # cryptography 42 and newer
+    if not_after is None:
+        not_after = certificate.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    assert not_after < datetime.datetime(2021, 1, 1, tzinfo=datetime.timezone.utc)
+    assert certificate.issuer == issuer.subject
+    assert certificate.public_key().public_numbers() == _cert_public_key(SERVER_CERT).public_numbers()
+
+
+@pytest.mark.parametrize("ca_file", [None, str(CA_CERT)], ids=["system store", "ca file"])
+def test_tls_context_requires_tls_1_2(ca_file):
+    context = sf_jwt._ssl_context(ca_file)
+
+    if hasattr(ssl, "TLSVersion"):  # Python 3.7 and newer
+        assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    else:
+        assert context.options & ssl.OP_NO_TLSv1
+        assert context.options & ssl.OP_NO_TLSv1_1
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is True
+
+
+def test_cli_shared_key_file_warns(fake, tmp_path):
+    if os.name != "posix":
+        pytest.skip("file modes are POSIX only")
+    key_file = tmp_path / "shared.pem"
+    key_file.write_bytes(KEY_PKCS1.read_bytes())
+    key_file.chmod(0o644)
+
+    completed = _run_cli(_token_args(fake, "--format", "token", key_file=key_file))
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr.count("WARNING") == 1
+    assert "chmod 600 %s" % key_file in completed.stderr
+    assert completed.stdout.strip() == fake.issued_tokens[0]
+
+
+# --- Hardening: no secret in logs, output, errors or reprs ---
+
+
+class _SecretScan(object):
+    """The secrets one test may leak, and a search for them in text.
+
+    Fixed secrets are the private numbers (decimal and hex) and PEM body lines
+    of the keys in use. Access tokens come from the fakes that issued them.
+    Assertion signatures come from the requests the fakes received and from
+    every assertion the test built or recorded.
+    """
+
+    def __init__(self):
+        self.fixed = []
+        for path in (KEY_PKCS1, OTHER_KEY):
+            numbers = _private_numbers(path)
+            for name in ("d", "p", "q", "dp", "dq", "qi"):
+                self.fixed.append(("private number %s of %s (decimal)" % (name, path.name), str(numbers[name])))
+                self.fixed.append(("private number %s of %s (hex)" % (name, path.name), "%x" % numbers[name]))
+        for path in [KEY_PKCS1, KEY_PKCS8, OTHER_KEY] + [TESTDATA / name for name in _PRIVATE_PEM_FIXTURES]:
+            self.fixed.extend(("PEM body of %s" % path.name, line) for line in _pem_body_lines(path))
+        self.fakes = []
+        self.tokens = []
+        self.assertions = []
+
+    def secrets(self):
+        pairs = list(self.fixed)
+        tokens = list(self.tokens)
+        assertions = list(self.assertions)
+        for fake in self.fakes:
+            tokens.extend(fake.issued_tokens)
+            assertions.extend(request.assertion for request in fake.requests)
+        pairs.extend(("access token", token) for token in tokens)
+        pairs.extend(("assertion signature", assertion.split(".")[2]) for assertion in assertions
+                     if assertion.count(".") == 2)
+        return pairs
+
+    def leaks(self, text):
+        """Return the kinds of secret found in text. Hex numbers match in upper or lower case."""
+        lowered = text.lower()
+        return sorted({kind for kind, value in self.secrets() if value in (lowered if kind.endswith("(hex)") else text)})
+
+
+def _exception_texts(error):
+    """Return the traceback of an error with its chained causes, and str and repr of each error in the chain."""
+    texts = ["".join(traceback.format_exception(type(error), error, error.__traceback__))]
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        texts.extend([str(error), repr(error)])
+        error = error.__cause__ or error.__context__
+    return texts
+
+
+class _LeakRun(object):
+    """What an API scenario may use: fakes and scripted servers it starts, a temporary folder and the scan."""
+
+    def __init__(self, start_fake, start_scripted, tmp_path, scan):
+        self.start_fake = start_fake
+        self.start_scripted = start_scripted
+        self.tmp_path = tmp_path
+        self.scan = scan
+
+    def fake(self, **options):
+        fake = self.start_fake(**options)
+        self.scan.fakes.append(fake)
+        return fake
+
+
+def _leak_login(run):
+    return [_get_token(run.fake())]
+
+
+def _leak_oauth_error(error, description):
+    def scenario(run):
+        fake = run.fake()
+        fake.script_error(400, error, description)
+        _get_token(fake, max_attempts=1)
+    return scenario
+
+
+def _leak_behaviour(behaviour, **options):
+    def scenario(run):
+        fake = run.fake()
+        fake.behaviour = behaviour
+        _get_token(fake, max_attempts=1, **options)
+    return scenario
+
+
+def _leak_connection_refused(run):
+    login_url = "https://127.0.0.1:%d" % _closed_loopback_port()
+    sf_jwt.get_token(CONSUMER_KEY, USERNAME, str(KEY_PKCS1), login_url=login_url, ca_file=str(CA_CERT),
+                     max_attempts=1)
+
+
+def _leak_untrusted(run):
+    _get_token(run.fake(), ca_file=str(OTHER_CA_CERT))
+
+
+def _leak_host_mismatch(run):
+    fake = _start_fake_on_127_0_0_2(run.start_fake)
+    run.scan.fakes.append(fake)
+    _get_token(fake)
+
+
+def _leak_expired(run):
+    fake = run.fake()
+    _serve_certificate(fake, SERVER_EXPIRED_CERT)
+    _get_token(fake)
+
+
+def _leak_oversize(run):
+    body = _token_body_of_size(MIB + 1)
+    run.scan.tokens.append("00D5g000004Ab1C!AQsized")
+    server = run.start_scripted(_json_response(body))
+    sf_jwt.get_token(CONSUMER_KEY, USERNAME, str(KEY_PKCS1), login_url=server.token_url[:-len(TOKEN_PATH)],
+                     ca_file=str(CA_CERT))
+
+
+def _leak_scripted(response):
+    def scenario(run):
+        server = run.start_scripted(response)
+        sf_jwt.get_token(CONSUMER_KEY, USERNAME, str(KEY_PKCS1), login_url=server.token_url[:-len(TOKEN_PATH)],
+                         ca_file=str(CA_CERT), max_attempts=1)
+    return scenario
+
+
+def _leak_http_id(run):
+    fake = run.fake()
+    _serve_body_changes(fake, id="http://example.invalid/id/00D/005")
+    _get_token(fake)
+
+
+def _leak_wrong_key_file(name):
+    def scenario(run):
+        _get_token(run.fake(), private_key=str(TESTDATA / name))
+    return scenario
+
+
+def _leak_damaged_key(damage):
+    def scenario(run):
+        text = KEY_PKCS1.read_text()
+        if damage == "truncated":
+            source = _truncated_pem(KEY_PKCS1, "tail cut")
+        elif damage == "character changed":
+            middle = len(text) // 2
+            source = text[:middle] + ("A" if text[middle] != "A" else "B") + text[middle + 1:]
+        elif damage == "inconsistent numbers":
+            numbers = dict(_FIXTURE_NUMBERS)
+            numbers["d"] += 2
+            source = _pkcs1_der(**numbers)
+        elif damage == "two keys":
+            source = text + OTHER_KEY.read_text()
+        else:
+            source = text.split("\n", 1)[1]
+        _get_token(run.fake(), private_key=source)
+    return scenario
+
+
+def _leak_key_as_ca_file(run):
+    _get_token(run.fake(), ca_file=str(KEY_PKCS1))
+
+
+def _leak_key_file_as_certificate(run):
+    sf_jwt._load_certificate(str(KEY_PKCS1))
+
+
+def _leak_key_in_certificate_block(run):
+    path = run.tmp_path / "key_as_certificate.pem"
+    path.write_bytes(_pem_armour("CERTIFICATE", (TESTDATA / "jwt_key_pkcs1.der").read_bytes()))
+    sf_jwt._load_certificate(str(path))
+
+
+def _leak_provider(run):
+    fake = run.fake()
+    provider = _provider(fake)
+    token = provider.get()
+    created = provider.request("POST", API_PATH + "/v62.0/sobjects/Account", data={"Name": "Acme"})
+    fake.revoked.add(token.access_token)
+    relogged = provider.request("GET", API_PATH + "/v62.0/limits")
+    provider.invalidate(provider.get())
+    fake.revoke_all = True
+    refused = provider.request("GET", API_PATH + "/v62.0/limits")
+    provider(_PreparedRequest())
+    return [provider, token, created, relogged, refused, provider.get()]
+
+
+class _PreparedRequest(object):
+    """The part of a requests.PreparedRequest that an auth callable uses."""
+
+    def __init__(self):
+        self.headers = {}
+
+
+def _leak_provider_login_error(run):
+    fake = run.fake()
+    fake.script_error(400, "invalid_grant", "invalid assertion")
+    _provider(fake).request("GET", API_PATH + "/v62.0/limits")
+
+
+def _leak_provider_other_host(run):
+    fake = run.fake()
+    _provider(fake).request("GET", "https://localhost:%d/services/data" % fake.port)
+
+
+def _leak_cache_file(run):
+    fake = run.fake()
+    cache = run.tmp_path / "tokens.json"
+    first = _provider(fake, cache_file=str(cache))
+    token = first.get()
+    second = _provider(fake, cache_file=str(cache))
+    reused = second.get()
+    second.invalidate(reused)
+    cache.write_text("{not json")
+    rewritten = _provider(fake, cache_file=str(cache)).get()
+    document = json.loads(cache.read_text())
+    for entry in document["entries"].values():
+        entry["token"]["instance_url"] = "http://example.invalid"
+    cache.write_text(json.dumps(document))
+    malformed = _provider(fake, cache_file=str(cache)).get()
+    unwritable = _provider(fake, cache_file=str(run.tmp_path / "missing" / "tokens.json")).get()
+    return [first, token, second, reused, rewritten, malformed, unwritable]
+
+
+def _leak_check_setup(run):
+    fake = run.fake()
+    offline = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, str(KEY_PKCS1), login_url=fake.base_url,
+                                 cert_file=str(JWT_CERT), offline=True)
+    online = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, str(KEY_PKCS1), login_url=fake.base_url,
+                                cert_file=str(OTHER_KEY), ca_file=str(CA_CERT), timeout=10)
+    wrong_key = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, str(OTHER_KEY), login_url=fake.base_url,
+                                   cert_file=str(JWT_CERT), ca_file=str(CA_CERT), timeout=10)
+    return [offline, online, wrong_key]
+
+
+def _leak_assertion_and_decode(run):
+    key = sf_jwt.load_private_key(str(KEY_PKCS1))
+    other = sf_jwt.load_private_key(OTHER_KEY.read_bytes())
+    assertion = sf_jwt.create_assertion(CONSUMER_KEY, USERNAME, other)
+    header, claims, signing_input, signature = sf_jwt._decode_jwt(assertion)
+    assert not sf_jwt._verify_rs256(signing_input, signature, *key.public_numbers)
+    return [key, other, header, claims]
+
+
+LEAK_SCENARIOS = [
+    ("login", _leak_login),
+    ("retry then login", lambda run: [_get_token(_queued(run.fake(), ["bad_gateway"]))]),
+    ("audience fallback", lambda run: [_get_token(_with_audience(run.fake()))]),
+    ("stall", _leak_behaviour("stall", timeout=1)),
+    ("connection refused", _leak_connection_refused),
+    ("untrusted certificate", _leak_untrusted),
+    ("host name mismatch", _leak_host_mismatch),
+    ("expired certificate", _leak_expired),
+    ("response over 1 MiB", _leak_oversize),
+    ("response not HTTP", _leak_scripted(_raw_response("SSH-2.0-OpenSSH_9.6", [], b""))),
+    ("response cut short", _leak_scripted(_raw_response("HTTP/1.1 200 OK", [("Content-Length", "1000")], b"{"))),
+    ("http id", _leak_http_id),
+    ("key as CA file", _leak_key_as_ca_file),
+    ("key file as certificate", _leak_key_file_as_certificate),
+    ("key in CERTIFICATE block", _leak_key_in_certificate_block),
+    ("provider", _leak_provider),
+    ("provider login error", _leak_provider_login_error),
+    ("provider other host", _leak_provider_other_host),
+    ("cache file", _leak_cache_file),
+    ("check", _leak_check_setup),
+    ("assertion and decode", _leak_assertion_and_decode),
+]
+LEAK_SCENARIOS += [("OAuth " + description, _leak_oauth_error(error, description))
+                   for error, description, _ in OAUTH_ERRORS]
+LEAK_SCENARIOS += [("behaviour " + behaviour, _leak_behaviour(behaviour))
+                   for behaviour in ("maintenance", "bad_gateway", "rate_limited", "html_200", "no_access_token",
+                                     "http_instance_url", "redirect", "reset")]
+LEAK_SCENARIOS += [("key file " + name, _leak_wrong_key_file(name)) for name, _ in WRONG_KEY_FILES]
+LEAK_SCENARIOS += [("key " + damage, _leak_damaged_key(damage))
+                   for damage in ("truncated", "character changed", "inconsistent numbers", "two keys", "no begin line")]
+
+
+def _queued(fake, behaviours):
+    fake.queue = list(behaviours)
+    return fake
+
+
+def _with_audience(fake):
+    fake.audience = fake.base_url
+    return fake
+
+
+@pytest.mark.parametrize("scenario", [function for _, function in LEAK_SCENARIOS],
+                         ids=[name for name, _ in LEAK_SCENARIOS])
+def test_api_path_leaks_no_secret(scenario, start_fake, start_scripted, tmp_path, caplog, capsys, monkeypatch):
+    scan = _SecretScan()
+    real_create_assertion = sf_jwt.create_assertion
+
+    def recording_create_assertion(*args, **kwargs):
+        assertion = real_create_assertion(*args, **kwargs)
+        scan.assertions.append(assertion)
+        return assertion
+
+    monkeypatch.setattr(sf_jwt, "create_assertion", recording_create_assertion)
+    caplog.set_level(logging.DEBUG)
+    run = _LeakRun(start_fake, start_scripted, tmp_path, scan)
+
+    texts = {}
+    try:
+        results = scenario(run) or []
+    except Exception as error:  # every error is scanned, whatever its type
+        texts["exception"] = "\n".join(_exception_texts(error))
+        results = []
+    texts["results"] = "\n".join(repr(result) for result in results)
+    texts["logs"] = caplog.text
+    captured = capsys.readouterr()
+    texts["stdout"], texts["stderr"] = captured.out, captured.err
+
+    for where, text in sorted(texts.items()):
+        assert scan.leaks(text) == [], "{} contains a secret:\n{}".format(where, text[:3000])
+
+
+def _possible_assertions(started, finished, audiences, key_path=KEY_PKCS1):
+    """Every assertion a command run between the two times could have built for USERNAME.
+
+    RS256 signatures are deterministic, so rebuilding the claims for each second
+    of the run gives the signatures of assertions that never reached a fake.
+    """
+    key = _crypto_private_key(key_path)
+    header = _bytes_to_b64url(b'{"alg":"RS256"}')
+    assertions = []
+    for audience in audiences:
+        for exp in range(int(started) + 180, int(finished) + 181):
+            claims = {"iss": CONSUMER_KEY, "sub": USERNAME, "aud": audience, "exp": exp}
+            signing_input = header + "." + _bytes_to_b64url(json.dumps(claims, separators=(",", ":")).encode())
+            signature = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+            assertions.append(signing_input + "." + _bytes_to_b64url(signature))
+    return assertions
+
+
+def _cli_env_key():
+    return _clean_env(SF_JWT_KEY=KEY_PKCS8.read_text().replace("\n", "\\n"))
+
+
+def _without_option(args, option):
+    position = args.index(option)
+    return args[:position] + args[position + 2:]
+
+
+def _cli_leak_case(name, run):
+    """Return (arguments, environment, expected exit code) of one command-line scenario."""
+    fake = run.fake()
+    token = _token_args(fake)
+
+    # Successful logins: stdout contains the token, which is its job.
+    if name == "token json":
+        return token + ["--format", "json"], None, 0
+    if name == "token env":
+        return token + ["--format", "env"], None, 0
+    if name == "token from SF_JWT_KEY":
+        return _without_option(token, "--jwt-key-file") + ["--format", "token"], _cli_env_key(), 0
+    if name == "token with cache":
+        return token + ["--cache", str(run.tmp_path / "tokens.json")], None, 0
+
+    # Failures at the token endpoint and in TLS.
+    if name == "OAuth error":
+        fake.users[USERNAME] = ("invalid_grant", "inactive user")
+        return token, None, 1
+    if name in ("maintenance", "no_access_token"):
+        fake.behaviour = name
+        return token, None, 3
+    if name == "untrusted certificate":
+        return _without_option(token, "--ca-file") + ["--ca-file", str(OTHER_CA_CERT)], None, 3
+    if name == "host name mismatch":
+        other = _start_fake_on_127_0_0_2(run.start_fake)
+        run.scan.fakes.append(other)
+        return _token_args(other), None, 3
+    if name == "expired certificate":
+        _serve_certificate(fake, SERVER_EXPIRED_CERT)
+        return token, None, 3
+    if name == "connection refused":
+        login_url = "https://127.0.0.1:%d" % _closed_loopback_port()
+        return _without_option(token, "--login-url") + ["--login-url", login_url], None, 3
+
+    # Unusable keys and CA files: nothing is sent.
+    if name == "encrypted key":
+        return _token_args(fake, key_file=TESTDATA / "jwt_key_encrypted_pkcs8.pem"), None, 2
+    if name == "truncated key file":
+        path = run.tmp_path / "truncated.pem"
+        path.write_text(_truncated_pem(KEY_PKCS1, "tail cut"))
+        path.chmod(0o600)
+        return _token_args(fake, key_file=path), None, 2
+    if name == "SF_JWT_KEY without BEGIN line":
+        env = _clean_env(SF_JWT_KEY=KEY_PKCS1.read_text().split("\n", 1)[1])
+        return _without_option(token, "--jwt-key-file"), env, 2
+    if name == "key as CA file":
+        return _without_option(token, "--ca-file") + ["--ca-file", str(KEY_PKCS1)], None, 2
+
+    # The offline commands, and check, which also logs in and calls the identity URL.
+    if name == "assertion":
+        return _assertion_args(), None, 0
+    if name.startswith("decode"):
+        assertion = _signed_assertion(KEY_PKCS1 if name == "decode with key as certificate" else OTHER_KEY)
+        run.scan.assertions.append(assertion)
+        options = {"decode with wrong certificate": ["--cert", str(JWT_CERT)],
+                   "decode with wrong key": ["--jwt-key-file", str(KEY_PKCS1)],
+                   "decode with key as certificate": ["--cert", str(KEY_PKCS1)]}[name]
+        return ["decode", assertion] + options, None, 1 if "wrong" in name else 2
+    check = ["check", "-i", CONSUMER_KEY, "-o", USERNAME, "-f", str(KEY_PKCS1), "--cert", str(JWT_CERT)]
+    if name == "check offline":
+        return check + ["--offline"], None, 0
+    if name == "check online":
+        return check + ["-r", fake.base_url, "--ca-file", str(CA_CERT)], None, 0
+    raise AssertionError(name)
+
+
+CLI_LEAK_CASES = ["token json", "token env", "token from SF_JWT_KEY", "token with cache", "OAuth error", "maintenance",
+                  "no_access_token", "untrusted certificate", "host name mismatch", "expired certificate",
+                  "connection refused",
+                  "encrypted key", "truncated key file", "SF_JWT_KEY without BEGIN line", "key as CA file",
+                  "assertion", "decode with wrong certificate", "decode with wrong key",
+                  "decode with key as certificate", "check offline", "check online"]
+
+
+@pytest.mark.parametrize("name", CLI_LEAK_CASES)
+def test_cli_run_leaks_no_secret(name, start_fake, tmp_path):
+    scan = _SecretScan()
+    run = _LeakRun(start_fake, None, tmp_path, scan)
+    args, env, exit_code = _cli_leak_case(name, run)
+
+    started = time.time()
+    completed = _run_cli(["-v"] + args, env=env)
+    finished = time.time()
+
+    assert completed.returncode == exit_code, completed.stderr
+    assert "Traceback" not in completed.stderr
+    audiences = [LOGIN_AUDIENCE] + [fake.base_url for fake in scan.fakes]
+    scan.assertions.extend(_possible_assertions(started, finished, audiences))
+    for fake in scan.fakes:
+        for request in fake.logins:
+            assert request.assertion in scan.assertions, "the rebuilt assertions missed one that was sent"
+
+    stdout = completed.stdout
+    if exit_code == 0 and args[0] == "token":
+        for token in scan.fakes[0].issued_tokens:
+            stdout = stdout.replace(token, "")
+    if args[0] == "assertion":
+        assert completed.stdout.strip() in scan.assertions
+        stdout = stdout.replace(completed.stdout.strip(), "")
+    assert scan.leaks(stdout) == [], stdout
+    assert scan.leaks(completed.stderr) == [], completed.stderr
+
+
+# --- Setting up: keygen and check --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generated_pair():
+    key_pem, certificate_pem = sf_jwt.generate_key_and_certificate(days=30, subject="CN=sf_jwt test app,O=Acme,C=DE")
+    return key_pem, certificate_pem
+
+
+def test_keygen_key_matches_certificate(generated_pair):
+    key_pem, certificate_pem = generated_pair
+    key = sf_jwt.load_private_key(key_pem)
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    numbers = certificate.public_key().public_numbers()
+    assert key.public_numbers == (numbers.n, numbers.e)
+    assert key.bits == 2048
+    assert key_pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    assert serialization.load_pem_private_key(key_pem, None).private_numbers().public_numbers == numbers
+
+
+def test_keygen_certificate_fields(generated_pair):
+    _, certificate_pem = generated_pair
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    assert certificate.version == x509.Version.v3
+    assert certificate.signature_algorithm_oid == x509.oid.SignatureAlgorithmOID.RSA_WITH_SHA256
+    assert certificate.subject.rfc4514_string() == "C=DE,O=Acme,CN=sf_jwt test app"
+    assert certificate.issuer == certificate.subject
+    assert certificate.serial_number > 0
+    constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert constraints.critical is True
+    assert constraints.value.ca is False
+    identifier = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert identifier.digest == x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest
+    certificate.public_key().verify(
+        certificate.signature, certificate.tbs_certificate_bytes, padding.PKCS1v15(), hashes.SHA256()
+    )
+
+
+def test_keygen_certificate_validity(generated_pair):
+    certificate = sf_jwt._parse_certificate(x509.load_pem_x509_certificate(generated_pair[1]).public_bytes(
+        serialization.Encoding.DER))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert abs((certificate.not_before - now).total_seconds()) < 600
+    assert certificate.not_after - certificate.not_before == datetime.timedelta(days=30)
+    assert certificate.size < 4096
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_keygen_openssl_accepts(generated_pair, tmp_path):
+    key_path, certificate_path = tmp_path / "app.key", tmp_path / "app.crt"
+    key_path.write_bytes(generated_pair[0])
+    certificate_path.write_bytes(generated_pair[1])
+    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(certificate_path)],
+                          stdout=subprocess.PIPE, universal_newlines=True, timeout=SUBPROCESS_TIMEOUT)
+    assert text.returncode == 0
+    assert "CA:FALSE" in text.stdout
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(certificate_path), str(certificate_path)],
+                            stdout=subprocess.PIPE, universal_newlines=True, timeout=SUBPROCESS_TIMEOUT)
+    assert verify.stdout.strip() == "{}: OK".format(certificate_path)
+    check = subprocess.run(["openssl", "rsa", "-check", "-noout", "-in", str(key_path)],
+                           stdout=subprocess.PIPE, universal_newlines=True, timeout=SUBPROCESS_TIMEOUT)
+    assert check.stdout.strip() == "RSA key ok"
+
+
+@pytest.mark.parametrize("subject, expected", [
+    ("CN=app", "CN=app"),
+    ("/CN=app/O=Acme Ltd/OU=Integrations", "OU=Integrations,O=Acme Ltd,CN=app"),
+    ("cn=app, l=Berlin, st=Berlin, c=DE", "C=DE,ST=Berlin,L=Berlin,CN=app"),
+])
+def test_keygen_subject_forms(subject, expected):
+    encoded = sf_jwt._encode_name(subject)
+    name = x509.Name.from_rfc4514_string(expected)
+    assert encoded == name.public_bytes()
+
+
+@pytest.mark.parametrize("arguments, words", [
+    ({"bits": 1024}, "bits must be 2048, 3072 or 4096"),
+    ({"days": 0}, "days (--days) must be a whole number"),
+    ({"subject": "X=1"}, "is not a list of NAME=value"),
+    ({"subject": "CN=app,C=Germany"}, "two capital letters"),
+    ({"common_name": "  "}, "common_name is empty"),
+])
+def test_keygen_rejects_argument(arguments, words):
+    with pytest.raises(sf_jwt.ConfigurationError) as caught:
+        sf_jwt.generate_key_and_certificate(**arguments)
+    assert words in str(caught.value)
+
+
+def test_cli_keygen_writes_files(tmp_path):
+    name = str(tmp_path / "app")
+    result = _run_cli(["keygen", "--out", name, "--days", "365"])
+    assert result.returncode == 0
+    assert "generating a 2048-bit RSA key in pure Python" in result.stderr
+    assert "upload {}.crt".format(name) in result.stdout
+    assert "--jwt-key-file {0}.key --cert {0}.crt".format(name) in result.stdout
+    if os.name == "posix":
+        assert os.stat(name + ".key").st_mode & 0o777 == 0o600
+    key = sf_jwt.load_private_key(name + ".key")
+    certificate = sf_jwt._load_certificate(name + ".crt")
+    assert (certificate.n, certificate.e) == key.public_numbers
+    assert x509.load_pem_x509_certificate(pathlib.Path(name + ".crt").read_bytes()).subject.rfc4514_string() \
+        == "CN=app"
+
+
+def test_cli_keygen_keeps_existing_files(tmp_path):
+    name = str(tmp_path / "app")
+    pathlib.Path(name + ".key").write_bytes(b"keep me")
+    result = _run_cli(["keygen", "--out", name])
+    assert result.returncode == 2
+    assert result.stderr == "sf-jwt: error: {}.key already exists: pass --force to overwrite, or choose " \
+        "another --out\n".format(name)
+    assert pathlib.Path(name + ".key").read_bytes() == b"keep me"
+    assert not os.path.exists(name + ".crt")
+
+
+def test_cli_keygen_force_overwrites(tmp_path):
+    name = str(tmp_path / "app")
+    pathlib.Path(name + ".key").write_bytes(b"old")
+    pathlib.Path(name + ".crt").write_bytes(b"old")
+    result = _run_cli(["keygen", "--out", name, "--force"])
+    assert result.returncode == 0
+    assert sf_jwt.load_private_key(name + ".key").bits == 2048
+    if os.name == "posix":
+        assert os.stat(name + ".key").st_mode & 0o777 == 0o600
+
+
+CHECK_NAMES = ["key", "key file mode", "certificate", "claims", "org kind", "proxy", "TLS", "clock",
+               "token request", "identity"]
+
+
+def _check(fake, **overrides):
+    arguments = {
+        "client_id": CONSUMER_KEY,
+        "username": USERNAME,
+        "private_key": str(KEY_PKCS1),
+        "login_url": fake.base_url,
+        "cert_file": str(JWT_CERT),
+        "ca_file": str(CA_CERT),
+        "timeout": 10,
+    }
+    arguments.update(overrides)
+    return {result.name: result for result in sf_jwt.check_setup(**arguments)}
+
+
+@pytest.fixture
+def no_proxy_environment(monkeypatch):
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_check_good_setup_passes(fake, no_proxy_environment):
+    results = _check(fake)
+    assert list(results) == CHECK_NAMES
+    assert {name: result.status for name, result in results.items()} == {name: "PASS" for name in CHECK_NAMES}
+    assert results["identity"].message == "the token works: organization {}, user {}".format(ORG_ID, USERNAME)
+    assert results["certificate"].message == "{} matches the key and is valid until 2036-12-01".format(JWT_CERT)
+    assert len(fake.logins) == 1
+
+
+def test_check_certificate_of_other_key(fake, generated_pair, tmp_path):
+    other_certificate = tmp_path / "other.crt"
+    other_certificate.write_bytes(generated_pair[1])
+    result = _check(fake, cert_file=str(other_certificate))["certificate"]
+    assert result.status == "FAIL"
+    assert result.message == "{} belongs to another key: upload the certificate made with this key, or use the " \
+        "key that belongs to it".format(other_certificate)
+
+
+def _expired_certificate(path):
+    key = _crypto_private_key(KEY_PKCS1)
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "expired")])
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(7).not_valid_before(datetime.datetime(2020, 1, 1)).not_valid_after(datetime.datetime(2021, 1, 1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def test_check_expired_certificate_warns(fake, tmp_path):
+    expired = tmp_path / "expired.crt"
+    _expired_certificate(expired)
+    result = _check(fake, cert_file=str(expired), offline=True)["certificate"]
+    assert result.status == "WARN"
+    assert result.message.startswith("{} expired on 2021-01-01: Salesforce still accepts it".format(expired))
+
+
+@pytest.mark.parametrize("offset, status", [(0, "PASS"), (60, "WARN"), (-60, "WARN"), (300, "FAIL")])
+def test_check_clock_skew(fake, offset, status):
+    fake.date_offset = offset
+    result = _check(fake)["clock"]
+    assert result.status == status
+    assert result.message.startswith("this host's clock is {:+d} s off".format(-offset)) \
+        or result.message.startswith("this host's clock is {:+d} s off".format(-offset + 1)) \
+        or result.message.startswith("this host's clock is {:+d} s off".format(-offset - 1))
+
+
+def test_check_unapproved_user_fails_with_hint(fake):
+    result = _check(fake, username=NOT_APPROVED_USER)["token request"]
+    assert result.status == "FAIL"
+    assert result.message.startswith("invalid_grant: user hasn't approved this consumer. ")
+    assert "pre-authorized" in result.message
+
+
+def test_check_shared_key_file_warns(fake, tmp_path):
+    if os.name != "posix":
+        pytest.skip("file modes are POSIX only")
+    key_file = tmp_path / "shared.pem"
+    key_file.write_bytes(KEY_PKCS1.read_bytes())
+    key_file.chmod(0o644)
+    result = _check(fake, private_key=str(key_file), offline=True)["key file mode"]
+    assert result.status == "WARN"
+    assert result.message == "{0} is accessible to other users (mode 644): restrict it with 'chmod 600 {0}'".format(
+        key_file)
+
+
+@pytest.mark.parametrize("username, login_url, audience, status, words", [
+    ("integration@example.com.uat", LOGIN_AUDIENCE, None, "WARN", "the username integration@example.com.uat looks "
+     "like a sandbox, but the audience is production"),
+    (USERNAME, "https://acme--uat.sandbox.my.salesforce.com", LOGIN_AUDIENCE, "WARN", "the login URL "
+     "https://acme--uat.sandbox.my.salesforce.com looks like a sandbox"),
+    (USERNAME, LOGIN_AUDIENCE, TEST_AUDIENCE, "WARN", "but login URL and username look like production"),
+    (USERNAME, LOGIN_AUDIENCE, "https://login.salesforce.com/", "WARN", "has a path or a trailing slash"),
+    ("integration@example.com.uat", TEST_AUDIENCE, None, "PASS", "agree (sandbox)"),
+    (USERNAME, LOGIN_AUDIENCE, None, "PASS", "agree (production or My Domain)"),
+])
+def test_check_org_kind(username, login_url, audience, status, words):
+    results = sf_jwt.check_setup(CONSUMER_KEY, username, str(KEY_PKCS1), login_url=login_url, audience=audience,
+                                 cert_file=str(JWT_CERT), offline=True)
+    result = {result.name: result for result in results}["org kind"]
+    assert result.status == status
+    assert words in result.message
+
+
+def test_check_offline_sends_nothing(fake):
+    results = _check(fake, offline=True)
+    assert list(results) == CHECK_NAMES[:5]
+    assert fake.requests == []
+
+
+def test_check_lightning_host_fails():
+    results = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, str(KEY_PKCS1), login_url="https://acme.lightning.force.com",
+                                 offline=True)
+    result = results[-1]
+    assert result.name == "login URL"
+    assert result.status == "FAIL"
+    assert "use https://acme.my.salesforce.com" in result.message
+
+
+def test_check_bad_key_fails():
+    results = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, str(JWT_CERT), offline=True)
+    assert results[0].name == "key"
+    assert results[0].status == "FAIL"
+    assert "this is the certificate you upload to the Connected App" in results[0].message
+
+
+def test_check_untrusted_tls_fails(fake):
+    results = _check(fake, ca_file=str(OTHER_CA_CERT))
+    assert results["TLS"].status == "FAIL"
+    assert "TLS certificate verification failed" in results["TLS"].message
+    assert "token request" not in results
+
+
+def test_check_identity_refused_fails(fake):
+    fake.revoke_all = True
+    result = _check(fake)["identity"]
+    assert result.status == "FAIL"
+    assert result.message.startswith("the identity URL answered HTTP 401 to the new token")
+
+
+def test_cli_check_exit_codes(fake, tmp_path):
+    base = ["check", "-i", CONSUMER_KEY, "-f", str(KEY_PKCS1), "--cert", str(JWT_CERT), "-r", fake.base_url,
+            "--ca-file", str(CA_CERT)]
+    good = _run_cli(base + ["-o", USERNAME])
+    assert good.returncode == 0
+    assert [line.split()[0] for line in good.stdout.splitlines()] == ["PASS"] * len(CHECK_NAMES)
+    bad = _run_cli(base + ["-o", NOT_APPROVED_USER, "--format", "json"])
+    assert bad.returncode == 1
+    results = json.loads(bad.stdout)
+    assert results[-1] == {
+        "name": "token request",
+        "status": "FAIL",
+        "message": "invalid_grant: user hasn't approved this consumer. " + sf_jwt._ERROR_HINTS[
+            ("invalid_grant", "user hasn't approved this consumer")],
+    }
