@@ -1366,6 +1366,9 @@ def _transport_error(
         )
     if isinstance(reason, (verification_error, ssl.CertificateError)) or "CERTIFICATE_VERIFY_FAILED" in str(reason):
         detail = getattr(reason, "verify_message", None) or str(reason)
+        if "CERTIFICATE_VERIFY_FAILED" in detail:  # Python 3.6 gives no verify_message
+            detail = "certificate verify failed, for a reason this Python does not report (the certificate may " \
+                "have expired, or its issuing authority is not trusted)"
         return TransportError("TLS certificate verification failed for {}: {}. {}".format(
             host, detail, _tls_remedy(detail, ca_file)))
     if isinstance(reason, ssl.SSLEOFError) or (isinstance(reason, ssl.SSLError) and "EOF" in str(reason).upper()):
@@ -1392,6 +1395,8 @@ def _tls_remedy(detail: str, ca_file: typing.Optional[str]) -> str:
     """Suggest the fix for a failed certificate verification, from OpenSSL's description of it."""
     proxy_hint = "if a proxy or a company CA re-signs TLS traffic, pass its CA bundle with --ca-file " \
         "(ca_file= in Python)"
+    if "does not report" in detail:
+        return "Check this host's clock and the certificate's dates; " + proxy_hint
     if "expired" in detail or "not yet valid" in detail:
         return "Check this host's clock; " + proxy_hint
     if "mismatch" in detail or "doesn't match" in detail:
@@ -2519,17 +2524,20 @@ def check_setup(
 
 
 def _check_key(private_key: typing.Any, results: typing.List[CheckResult]) -> typing.Optional[SigningKey]:
+    container = ""
     try:
         if isinstance(private_key, (SigningKey, rsa.PrivateKey)):
             key = load_private_key(private_key)
         else:
-            key = _key_from_bytes(*_read_key_source(private_key), nested=False)  # check reports the mode itself
+            data, origin = _read_key_source(private_key)
+            key = _key_from_bytes(data, origin, nested=False)  # check reports the file mode itself
+            container = _describe_key_container(data) + ", "
     except InvalidKeyError as error:
         results.append(CheckResult("key", "FAIL", str(error)))
         return None
     size = "WARN" if key.bits < 2048 else "PASS"
     advice = ": make a 2048-bit key with 'sf-jwt keygen'" if key.bits < 2048 else ""
-    results.append(CheckResult("key", size, "RSA {} bits, {}{}".format(key.bits, key.fingerprint, advice)))
+    results.append(CheckResult("key", size, "RSA {} bits, {}{}{}".format(key.bits, container, key.fingerprint, advice)))
 
     if isinstance(private_key, (str, os.PathLike)) and os.path.isfile(os.fspath(private_key)):
         path = os.fspath(private_key)
@@ -2540,6 +2548,22 @@ def _check_key(private_key: typing.Any, results: typing.List[CheckResult]) -> ty
         elif os.name == "posix":
             results.append(CheckResult("key file mode", "PASS", "only the owner can read {}".format(path)))
     return key
+
+
+def _describe_key_container(data: bytes) -> str:
+    """Name the container of key data that loaded: PKCS#1 or PKCS#8, in PEM or DER."""
+    if data[:1] == b"\x30":
+        try:
+            tags = [tag for tag, _ in _der_sequence(data)][:3]
+        except _DERError:
+            return "DER"
+        return "PKCS#1 DER" if tags == [_TAG_INTEGER] * 3 else "PKCS#8 DER"
+    text = _decode_text(data) or ""
+    if "BEGIN RSA PRIVATE KEY" in text:
+        return "PKCS#1 PEM"
+    if "BEGIN PRIVATE KEY" in text:
+        return "PKCS#8 PEM"
+    return "base64-encoded file"
 
 
 def _check_certificate(cert_file: str, key: typing.Optional[SigningKey], results: typing.List[CheckResult]) -> None:
@@ -3026,6 +3050,11 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
         return _EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away, as with "| head": point stdout at devnull so
+        # that Python's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _EXIT_OK
     except Exception as error:  # a bug: say so in one line instead of a traceback
         _logger.debug("internal error", exc_info=True)
         _print_error("internal error ({}); please report it, with the output of -v".format(type(error).__name__))

@@ -3531,8 +3531,10 @@ def test_token_response_closed_mid_body(start_scripted, signing_key):
         _request_scripted(server, signing_key)
 
     assert "closed" in str(caught.value)
-    assert "1000" in str(caught.value)
     assert caught.value.retryable is True
+    if sys.version_info >= (3, 8):
+        # Python 3.6 and 3.7 raise an SSL EOF error during the read, before the byte count is known.
+        assert "after 17 of 1000 bytes" in str(caught.value)
 
 
 @pytest.mark.parametrize("response", [
@@ -3695,9 +3697,6 @@ def test_tls_host_name_mismatch(start_fake):
     assert fake.requests == []
 
 
-@pytest.mark.xfail(not hasattr(ssl, "SSLCertVerificationError"), strict=True,
-                   reason="Python 3.6 gives no verify_message, so the message reads only 'certificate verify "
-                          "failed' and does not name the expiry")
 def test_tls_expired_certificate(fake):
     _serve_certificate(fake, SERVER_EXPIRED_CERT)
 
@@ -4355,6 +4354,7 @@ def test_check_good_setup_passes(fake, no_proxy_environment):
     assert list(results) == CHECK_NAMES
     assert {name: result.status for name, result in results.items()} == {name: "PASS" for name in CHECK_NAMES}
     assert results["identity"].message == "the token works: organization {}, user {}".format(ORG_ID, USERNAME)
+    assert results["key"].message.startswith("RSA 2048 bits, PKCS#1 PEM, sha256:")
     assert results["certificate"].message == "{} matches the key and is valid until 2036-12-01".format(JWT_CERT)
     assert len(fake.logins) == 1
 
@@ -4485,3 +4485,12 @@ def test_cli_check_exit_codes(fake, tmp_path):
         "message": "invalid_grant: user hasn't approved this consumer. " + sf_jwt._ERROR_HINTS[
             ("invalid_grant", "user hasn't approved this consumer")],
     }
+
+
+@pytest.mark.parametrize("name, container", [
+    ("jwt_key_pkcs1.pem", "PKCS#1 PEM"), ("jwt_key_pkcs8.pem", "PKCS#8 PEM"),
+    ("jwt_key_pkcs1.der", "PKCS#1 DER"), ("jwt_key_pkcs8.der", "PKCS#8 DER"),
+])
+def test_check_names_key_container(name, container):
+    results = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, str(TESTDATA / name), offline=True)
+    assert results[0].message.startswith("RSA 2048 bits, {}, sha256:".format(container))
