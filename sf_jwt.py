@@ -516,7 +516,7 @@ def load_private_key(source: typing.Any) -> SigningKey:
 
 
 class _KeyOrigin(typing.NamedTuple("_KeyOrigin", [("description", str), ("path", typing.Optional[str])])):
-    """Where key data came from: a phrase for messages, and the file path if any."""
+    """The origin of key data: a phrase for messages, and the file path if any."""
 
     def command_path(self) -> str:
         """Return the path to put in a suggested command, quoted if it has spaces."""
@@ -1323,7 +1323,7 @@ def _read_capped(response: typing.Any, url: str, max_bytes: typing.Optional[int]
     body = response.read(max_bytes + 1)
     if len(body) > max_bytes:
         raise TransportError(
-            "the answer from {} is larger than {} bytes, so it is not a token response: check the "
+            "the response from {} is larger than {} bytes, so it is not a token response: check the "
             "login URL".format(_host_of(url), max_bytes)
         )
     return body
@@ -1361,7 +1361,7 @@ def _transport_error(
 
     if isinstance(reason, socket.timeout) or "timed out" in str(reason):
         return TransportError(
-            "no answer from {} within {} s (timed out): check the network path and proxy settings, "
+            "no response from {} within {} s (timed out): check the network path and proxy settings, "
             "or raise --timeout".format(host, timeout), retryable=True
         )
     if isinstance(reason, (verification_error, ssl.CertificateError)) or "CERTIFICATE_VERIFY_FAILED" in str(reason):
@@ -1387,7 +1387,7 @@ def _transport_error(
             retryable=True,
         )
     if isinstance(reason, http.client.HTTPException):
-        return TransportError("the answer from {} is not valid HTTP ({})".format(host, type(reason).__name__))
+        return TransportError("the response from {} is not valid HTTP ({})".format(host, type(reason).__name__))
     return TransportError("network error talking to {}: {}".format(host, reason))
 
 
@@ -1458,7 +1458,7 @@ def _token_from_response(status: int, headers: typing.Any, body: bytes, url: str
     if 300 <= status < 400:
         location_host = _clean_server_text(_host_of(headers.get("Location") or ""))[:100] or "an unnamed location"
         raise TransportError(
-            "the token endpoint {} answered HTTP {} (a redirect to {}); redirects are not followed, "
+            "the token endpoint {} responded with HTTP {} (a redirect to {}); redirects are not followed, "
             "so the assertion goes only to the host you named: if you trust {}, use it as the "
             "login URL".format(host, status, location_host, location_host),
             status=status,
@@ -1473,7 +1473,7 @@ def _token_from_response(status: int, headers: typing.Any, body: bytes, url: str
     what = _describe_body(headers, body)
     if 200 <= status < 300:
         raise TransportError(
-            "the token endpoint {} answered HTTP {} with {} instead of JSON: a proxy, a captive portal "
+            "the token endpoint {} responded with HTTP {} and {} instead of JSON: a proxy, a captive portal "
             "or a wrong login URL may have answered".format(host, status, what), status=status
         )
     retryable = status in (429, 502, 503, 504)
@@ -1484,7 +1484,7 @@ def _token_from_response(status: int, headers: typing.Any, body: bytes, url: str
     else:
         advice = "check the login URL and any proxy in between"
     raise TransportError(
-        "the token endpoint {} answered HTTP {} with {}: {}".format(host, status, what, advice),
+        "the token endpoint {} responded with HTTP {} and {}: {}".format(host, status, what, advice),
         retryable=retryable,
         status=status,
         retry_after=_parse_retry_after(headers.get("Retry-After")) if retryable else None,
@@ -1527,7 +1527,7 @@ def _token_from_json(data: typing.Dict[str, typing.Any], host: str, status: int 
         )
     if not isinstance(access_token, str) or not access_token:
         raise TransportError(
-            "the answer from {} has no access_token (fields: {}): it is not a Salesforce token "
+            "the response from {} has no access_token (fields: {}): it is not a Salesforce token "
             "response".format(host, ", ".join(sorted(_clean_server_text(name)[:40] for name in data)[:20]) or "none"),
             status=status,
         )
@@ -1535,7 +1535,7 @@ def _token_from_json(data: typing.Dict[str, typing.Any], host: str, status: int 
         value = data.get(field)
         if (field == "instance_url" or value is not None) and not _response_url_is_safe(value):
             raise TransportError(
-                "the answer from {} has an {} that is not an https URL ({!r}); it is not used, so the "
+                "the response from {} has an {} that is not an https URL ({!r}); it is not used, so the "
                 "token is never sent there".format(host, field, _clean_server_text(value)[:100]),
                 status=status,
             )
@@ -2122,7 +2122,7 @@ class _TokenCacheFile(object):
         self._write_entries(entries)
 
     def remove_entry(self, access_token: str) -> None:
-        """Remove this entry if it still holds access_token."""
+        """Remove this entry if it still contains access_token."""
         entries = self._read_entries()
         entry = entries.get(self.entry_id)
         if isinstance(entry, dict) and isinstance(entry.get("token"), dict) \
@@ -2639,7 +2639,7 @@ def _check_online(
     except TransportError as error:
         results.append(CheckResult("TLS", "FAIL", str(error)))
         return
-    results.append(CheckResult("TLS", "PASS", "{} answered HTTP {} over verified TLS, trusting {}".format(
+    results.append(CheckResult("TLS", "PASS", "{} responded with HTTP {} over verified TLS, trusting {}".format(
         _host_of(login_url), status, _describe_ca_store(ca_file))))
     results.append(_check_clock(headers.get("Date"), login_url))
 
@@ -2712,10 +2712,10 @@ def _check_identity(token: Token, timeout: float, context: typing.Any) -> CheckR
         return CheckResult("identity", "FAIL", str(error))
     identity = _json_object(body) or {}
     if status in (401, 403):
-        return CheckResult("identity", "FAIL", "the identity URL answered HTTP {} to the new token: check the "
+        return CheckResult("identity", "FAIL", "the identity URL responded with HTTP {} to the new token: check the "
                            "Connected App's OAuth scopes (api, and refresh_token, offline_access)".format(status))
     if status != 200:
-        return CheckResult("identity", "FAIL", "the identity URL {} answered HTTP {} to the new token".format(
+        return CheckResult("identity", "FAIL", "the identity URL {} responded with HTTP {} to the new token".format(
             _clean_server_text(token.id)[:200], status))
     organization = _clean_server_text(identity.get("organization_id")) or "?"
     user = _clean_server_text(identity.get("username")) or "?"

@@ -4467,7 +4467,7 @@ def test_check_identity_refused_fails(fake):
     fake.revoke_all = True
     result = _check(fake)["identity"]
     assert result.status == "FAIL"
-    assert result.message.startswith("the identity URL answered HTTP 401 to the new token")
+    assert result.message.startswith("the identity URL responded with HTTP 401 to the new token")
 
 
 def test_cli_check_exit_codes(fake, tmp_path):
