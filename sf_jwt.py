@@ -1590,17 +1590,18 @@ def request_token(
         TransportError: No usable answer; ``retryable`` says whether to try again.
         ConfigurationError: An argument is invalid.
     """
+    from urllib.parse import urlencode
+
     token_url = _checked_endpoint_url("token_url", token_url)
     _check_assertion_shape(assertion)
     timeout = _checked_timeout(timeout)
     context = ssl_context if ssl_context is not None else _ssl_context(ca_file)
 
-    started = time.monotonic()
-    _logger.debug("POST %s (timeout %s s)", token_url, timeout)
-    from urllib.parse import urlencode
-
     form = urlencode({"grant_type": _GRANT_TYPE, "assertion": assertion}).encode("ascii")
     form_headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+
+    started = time.monotonic()
+    _logger.debug("POST %s (timeout %s s)", token_url, timeout)
     status, headers, body = _http_request("POST", token_url, form, form_headers, timeout, context, ca_file=ca_file)
     _logger.debug("HTTP %d from %s in %.0f ms", status, token_url, (time.monotonic() - started) * 1000)
 
