@@ -1365,7 +1365,7 @@ def _transport_error(
             "or raise --timeout".format(host, timeout), retryable=True
         )
     if isinstance(reason, (verification_error, ssl.CertificateError)) or "CERTIFICATE_VERIFY_FAILED" in str(reason):
-        detail = getattr(reason, "verify_message", None) or str(reason)
+        detail = (getattr(reason, "verify_message", None) or str(reason)).rstrip(".")
         if "CERTIFICATE_VERIFY_FAILED" in detail:  # Python 3.6 gives no verify_message
             detail = "certificate verify failed, for a reason this Python does not report (the certificate may " \
                 "have expired, or its issuing authority is not trusted)"
