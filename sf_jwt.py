@@ -54,8 +54,8 @@ openssl command. DER is parsed by a small strict reader in this file, so
 
 Salesforce returns no expiry and no refresh token for this flow, and limits
 logins to about 3,600 per user per hour. ``TokenProvider`` reuses a token
-across threads and processes and logs in again when the REST API answers
-HTTP 401 (INVALID_SESSION_ID).
+across threads and processes and logs in again when the REST API responds
+with HTTP 401 (INVALID_SESSION_ID).
 
 Limitations: encrypted keys and PKCS#12 (.pfx) files are recognised and
 rejected with the openssl command that converts them. Multi-prime RSA keys are
@@ -137,7 +137,7 @@ _SANDBOX_LOGIN_URL = "https://test.salesforce.com"
 _TOKEN_PATH = "/services/oauth2/token"
 _GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
-# Salesforce asks for an expiry "within 3 minutes"; 300 s is the most we allow.
+# Salesforce documents an expiry "within 3 minutes", and 300 s is the maximum accepted here.
 _DEFAULT_LIFETIME = 180
 _MAX_LIFETIME = 300
 _DEFAULT_TIMEOUT = 30
@@ -154,7 +154,7 @@ _MAX_RETRY_WAIT = 30.0
 _DEFAULT_MAX_AGE = 900
 _CACHE_FORMAT = "sf_jwt token cache 1"
 
-# A key file is a few kilobytes and a token response under one; these caps
+# A key file is a few kilobytes and a token response is under one. These caps
 # keep a wrong file or a misbehaving server from filling memory.
 _MAX_KEY_FILE_BYTES = 1024 * 1024
 _MAX_RESPONSE_BYTES = 1024 * 1024
@@ -193,9 +193,9 @@ class DecodeError(SalesforceJWTError, ValueError):
 
 
 class AuthenticationError(SalesforceJWTError):
-    """Salesforce answered the token request with an OAuth error.
+    """Salesforce rejected the token request with an OAuth error.
 
-    Retrying the same request gives the same answer; ``hint`` says what to fix.
+    Retrying the same request gets the same error, so fix what ``hint`` names.
 
     Attributes:
         status: The HTTP status code, usually 400.
@@ -217,7 +217,7 @@ class AuthenticationError(SalesforceJWTError):
 
 
 class TransportError(SalesforceJWTError):
-    """No usable answer from the token endpoint.
+    """No usable response from the token endpoint.
 
     Examples are a DNS failure, a refused or reset connection, a timeout, a
     failed TLS verification, HTTP 5xx, or a body that is not JSON.
@@ -944,7 +944,7 @@ def build_claims(
         audience: The authorization server, sent as ``aud``:
             https://login.salesforce.com for production,
             https://test.salesforce.com for sandboxes, or a My Domain URL.
-        lifetime: Seconds until ``exp``, 1 to 300. Salesforce asks for at most 180.
+        lifetime: Seconds until ``exp``, 1 to 300. Salesforce documents at most 180.
         now: The current time in seconds since the epoch; the system clock if None.
 
     Returns:
@@ -1137,7 +1137,7 @@ class Token(object):
 
 
 # The usual cause and fix of each OAuth error Salesforce returns for this flow,
-# keyed by (error, error_description in lower case); an empty description is
+# keyed by (error, error_description in lower case). An empty description marks
 # the fallback for the error code alone.
 _ERROR_HINTS = {
     ("invalid_grant", "user hasn't approved this consumer"): (
@@ -1703,7 +1703,7 @@ def get_token(
     Raises:
         InvalidKeyError: The private key cannot be used.
         ConfigurationError: Another argument is invalid; nothing was sent.
-        AuthenticationError: Salesforce rejected the login; ``hint`` says why.
+        AuthenticationError: Salesforce rejected the login, and ``hint`` names the usual cause.
         TransportError: No usable answer within the attempts and the deadline.
     """
     login = _Login(
@@ -2487,7 +2487,7 @@ def check_setup(
     timeout: float = _DEFAULT_TIMEOUT,
     offline: bool = False,
 ) -> typing.List[CheckResult]:
-    """Check a JWT bearer setup step by step and say what to fix.
+    """Check a JWT bearer setup step by step and name the fix for each failure.
 
     Checks the key, the certificate uploaded to the Connected App (if
     ``cert_file`` is given), the claims and whether login URL, username and
@@ -2918,7 +2918,10 @@ def _run_decode(args: typing.Any) -> int:
     elif args.jwt_key_file:
         numbers = load_private_key(args.jwt_key_file).public_numbers
     valid = numbers is not None and header.get("alg") == "RS256" and _verify_rs256(signing_input, signature, *numbers)
-    result["signature"] = "not checked" if numbers is None else ("valid" if valid else "invalid")
+    if numbers is None:
+        result["signature"] = "not checked"
+    else:
+        result["signature"] = "valid" if valid else "invalid"
     print(json.dumps(result, indent=2))
 
     if numbers is not None and not valid:

@@ -259,11 +259,11 @@ class FakeSalesforce(object):
         self.behaviour = None
         # Behaviours for the next token requests, one each, before ``behaviour`` applies.
         self.queue = []
-        # Seconds each token request waits before its answer, so concurrent logins overlap.
+        # Seconds each token request waits before its response, so concurrent logins overlap.
         self.login_delay = 0.0
         self.revoked = set()
         self.revoke_all = False
-        # Seconds added to the Date header of every answer, to fake a clock skew.
+        # Seconds added to the Date header of every response, to fake a clock skew.
         self.date_offset = 0
         self.scripted_error = None
         self.requests = []
@@ -499,7 +499,7 @@ class _TokenEndpointHandler(http.server.BaseHTTPRequestHandler):
         return http.server.BaseHTTPRequestHandler.date_time_string(self, time.time() + self.server.fake.date_offset)
 
     def _handle_identity(self, fake, request):
-        """Answer like the identity URL: the org and user of a live bearer token."""
+        """Respond like the identity URL: the org and user of a live bearer token."""
         authorization = request.headers.get("Authorization", "")
         token = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else None
         if token not in fake.issued_tokens or token in fake.revoked or fake.revoke_all:
