@@ -23,7 +23,8 @@
 
 The flow, in the order this file implements it:
 
-1. Load the Connected App's RSA private key (PKCS#1 or PKCS#8, PEM or DER).
+1. Load the Connected App's RSA private key (PKCS#1 or PKCS#8, PEM or DER,
+   or PKCS#12), decrypting it with its password if it is encrypted.
 2. Build the claims: ``iss`` = consumer key, ``sub`` = username, ``aud`` =
    authorization server, ``exp`` = now + 180 s, in seconds since the epoch (UTC).
 3. Sign them as a compact JWS with RS256 (RSASSA-PKCS1-v1_5 with SHA-256): the
@@ -33,7 +34,8 @@ The flow, in the order this file implements it:
 
 Standards: RFC 7523 (JWT bearer grant), RFC 7515 (JWS), RFC 7519 (JWT),
 RFC 4648 section 5 (base64url), RFC 8017 (RSASSA-PKCS1-v1_5), RFC 5208 and
-RFC 5958 (PKCS#8), RFC 5280 (X.509).
+RFC 5958 (PKCS#8), RFC 5280 (X.509), RFC 7292 (PKCS#12), RFC 8018 (PBES2 and
+PBKDF2), FIPS-197 (AES) and SP 800-67 (TDEA).
 
 Example::
 
@@ -57,10 +59,12 @@ logins to about 3,600 per user per hour. ``TokenProvider`` reuses a token
 across threads and processes and logs in again when the REST API responds
 with HTTP 401 (INVALID_SESSION_ID).
 
-Limitations: encrypted keys and PKCS#12 (.pfx) files are recognised and
-rejected with the openssl command that converts them. Multi-prime RSA keys are
-rejected. The private-key operation is blinded, but pure-Python arithmetic is
-not constant time.
+Limitations: multi-prime RSA keys are rejected. Encrypted keys are decrypted
+with AES-CBC or DES-EDE3-CBC only; RC2, RC4, single DES and scrypt are rejected
+with the openssl command that re-encrypts the key with AES. The private-key
+operation is blinded, but pure-Python arithmetic is not constant time. The
+decryption of key files is not constant time either, and does not try to be:
+it reads a file on the machine that already holds the key.
 """
 
 import base64
@@ -317,6 +321,8 @@ _TAG_GENERALIZED_TIME = 0x18
 _TAG_SEQUENCE = 0x30
 _TAG_SET = 0x31
 _TAG_CONTEXT_0 = 0xA0
+_TAG_CONTEXT_1 = 0xA1
+_TAG_CONTEXT_0_PRIMITIVE = 0x80
 
 _OID_RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
 _OID_NAMES = {
@@ -483,8 +489,11 @@ class SigningKey(object):
 _KeySource = typing.Union[str, bytes, "os.PathLike[str]", SigningKey, rsa.PrivateKey]
 
 
-def load_private_key(source: typing.Any) -> SigningKey:
-    """Load and check an RSA private key.
+_KeyPassword = typing.Optional[typing.Union[str, bytes]]
+
+
+def load_private_key(source: typing.Any, password: _KeyPassword = None) -> SigningKey:
+    """Load and check an RSA private key, decrypting it if it is encrypted.
 
     Args:
         source: A path (str or ``os.PathLike``), PEM text (str or bytes) or DER
@@ -494,22 +503,34 @@ def load_private_key(source: typing.Any) -> SigningKey:
             characters backslash and n (as in environment variables and CI
             secrets), the whole file encoded once more in base64, or a
             certificate before the key. A ``SigningKey`` is returned as it is;
-            an ``rsa.PrivateKey`` is checked and wrapped.
+            an ``rsa.PrivateKey`` is checked and wrapped. Encrypted keys are
+            decrypted with ``password``: encrypted PKCS#8 (``BEGIN ENCRYPTED
+            PRIVATE KEY``, PBES2 with AES-CBC or DES-EDE3-CBC, or PBES1
+            pbeWithSHAAnd3-KeyTripleDES-CBC), traditional OpenSSL PEM with
+            ``Proc-Type: 4,ENCRYPTED``, and PKCS#12 (.p12, .pfx) in DER or
+            base64. In a PKCS#12 file with several keys, the key whose
+            certificate the file contains is used.
+        password: The password of an encrypted key or PKCS#12 file: a str, or
+            bytes (UTF-8, or any bytes for formats that take bytes). Ignored
+            for a key that is not encrypted. A PKCS#12 file without a password
+            is tried with the empty password.
 
     Returns:
         The checked key.
 
     Raises:
-        InvalidKeyError: The input is not a usable RSA private key. The message
-            says what was found and how to fix it.
+        InvalidKeyError: The input is not a usable RSA private key, or it is
+            encrypted and the password is missing or wrong. The message says
+            what was found and how to fix it.
     """
     if isinstance(source, SigningKey):
         return source
     if isinstance(source, rsa.PrivateKey):
         return SigningKey(_checked_rsa_key(source.n, source.e, source.d, source.p, source.q))
 
+    _check_password_type(password)
     data, origin = _read_key_source(source)
-    key = _key_from_bytes(data, origin, nested=False)
+    key = _key_from_bytes(data, origin, False, password)
     if origin.path is not None:
         _warn_if_shared(origin.path)
     return key
@@ -563,14 +584,14 @@ def _read_key_file(path: str) -> bytes:
 _shared_key_files_warned = set()  # type: typing.Set[str]
 
 
-def _warn_if_shared(path: str) -> None:
-    """Log a warning, once per path, when other users may read a key file (POSIX only)."""
+def _warn_if_shared(path: str, what: str = "key file") -> None:
+    """Log a warning, once per path, when other users may read a key or password file (POSIX only)."""
     mode = _shared_mode(path)
     if mode is not None and path not in _shared_key_files_warned:
         _shared_key_files_warned.add(path)
         _logger.warning(
-            "the key file %s is accessible to other users (mode %03o): restrict it with 'chmod 600 %s'",
-            path, mode, path,
+            "the %s %s is accessible to other users (mode %03o): restrict it with 'chmod 600 %s'",
+            what, path, mode, path,
         )
 
 
@@ -612,7 +633,7 @@ def _read_small_file(path: str, what: str, error_class: typing.Type[Configuratio
     return data
 
 
-def _key_from_bytes(data: bytes, origin: _KeyOrigin, nested: bool) -> SigningKey:
+def _key_from_bytes(data: bytes, origin: _KeyOrigin, nested: bool, password: _KeyPassword) -> SigningKey:
     """Find the private key in PEM, DER or base64-wrapped data."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -622,7 +643,7 @@ def _key_from_bytes(data: bytes, origin: _KeyOrigin, nested: bool) -> SigningKey
         )
 
     if data[:1] == b"\x30":
-        return _key_from_der(data, origin)
+        return _key_from_der(data, origin, password)
     if data.startswith(b"PuTTY-User-Key-File-"):
         raise InvalidKeyError(
             "{} is a PuTTY key (.ppk): export it as PEM with "
@@ -633,7 +654,7 @@ def _key_from_bytes(data: bytes, origin: _KeyOrigin, nested: bool) -> SigningKey
 
     text = _decode_text(data)
     if text is not None and "-----BEGIN" in text:
-        return _key_from_pem(text, origin)
+        return _key_from_pem(text, origin, password)
     if text is not None and "-----END" in text:
         raise InvalidKeyError(
             "{} has an -----END line but no -----BEGIN line: copy the whole key, from its "
@@ -646,7 +667,7 @@ def _key_from_bytes(data: bytes, origin: _KeyOrigin, nested: bool) -> SigningKey
             decoded = b""
         if decoded:
             described = origin._replace(description=origin.description + " (decoded from base64)")
-            return _key_from_bytes(decoded, described, nested=True)
+            return _key_from_bytes(decoded, described, True, password)
 
     raise InvalidKeyError(
         "{} is neither PEM nor DER: pass the private key file, whose first line is "
@@ -728,7 +749,7 @@ def _pem_block_der(block: _PEMBlock, origin: _KeyOrigin) -> bytes:
     return der
 
 
-def _key_from_pem(text: str, origin: _KeyOrigin) -> SigningKey:
+def _key_from_pem(text: str, origin: _KeyOrigin, password: _KeyPassword) -> SigningKey:
     """Find the one private key among the PEM blocks and load it."""
     blocks = _pem_blocks(text, origin)
     private_blocks = [block for block in blocks if block.label.endswith("PRIVATE KEY")]
@@ -748,17 +769,20 @@ def _key_from_pem(text: str, origin: _KeyOrigin) -> SigningKey:
                 origin.description, origin.command_path()
             )
         )
-    if block.label == "ENCRYPTED PRIVATE KEY" or "ENCRYPTED" in block.headers.get("Proc-Type", ""):
-        _raise_encrypted(origin, pkcs8=block.label == "ENCRYPTED PRIVATE KEY", der=False)
     if block.label in ("EC PRIVATE KEY", "DSA PRIVATE KEY"):
         _raise_not_rsa(block.label.split()[0], origin)
+    if block.label == "ENCRYPTED PRIVATE KEY":
+        return _key_from_der(_pem_block_der(block, origin), origin, password)
     if block.label not in ("RSA PRIVATE KEY", "PRIVATE KEY"):
         raise InvalidKeyError(
             "{} contains a '{}' block, which is not a PKCS#1 or PKCS#8 RSA private key".format(
                 origin.description, block.label
             )
         )
-    return _key_from_der(_pem_block_der(block, origin), origin)
+
+    if "ENCRYPTED" in block.headers.get("Proc-Type", ""):
+        return _key_from_der(_decrypt_traditional_pem(block, password, origin), origin, None)
+    return _key_from_der(_pem_block_der(block, origin), origin, password)
 
 
 def _raise_for_pem_without_key(blocks: typing.List[_PEMBlock], origin: _KeyOrigin) -> typing.NoReturn:
@@ -802,49 +826,31 @@ def _raise_not_rsa(algorithm: str, origin: _KeyOrigin) -> typing.NoReturn:
     )
 
 
-def _raise_encrypted(origin: _KeyOrigin, pkcs8: bool, der: bool) -> typing.NoReturn:
-    tool = "pkcs8" if pkcs8 else "rsa"
-    inform = " -inform DER" if der else ""
-    raise InvalidKeyError(
-        "{} is an encrypted private key, which sf_jwt cannot decrypt: write an unencrypted copy with "
-        "'openssl {}{} -in {} -out key.pem' (it asks for the password), keep key.pem as private as "
-        "the original, and pass key.pem".format(origin.description, tool, inform, origin.command_path())
-    )
-
-
-def _raise_pkcs12(origin: _KeyOrigin) -> typing.NoReturn:
-    raise InvalidKeyError(
-        "{} is a PKCS#12 (.pfx or .p12) bundle, which sf_jwt cannot read: extract the private key with "
-        "'openssl pkcs12 -in {} -nocerts -nodes -out key.pem' (it asks for the password; add -legacy "
-        "if OpenSSL 3 reports an unsupported algorithm), and pass key.pem".format(
-            origin.description, origin.command_path()
-        )
-    )
-
-
-def _key_from_der(der: bytes, origin: _KeyOrigin) -> SigningKey:
+def _key_from_der(der: bytes, origin: _KeyOrigin, password: _KeyPassword) -> SigningKey:
     """Identify the DER structure and load the RSA key in it."""
     try:
-        return _key_from_der_structure(der, origin)
+        return _key_from_der_structure(der, origin, password)
     except _DERError as error:
         raise InvalidKeyError(
             "{} is corrupt or not a private key ({}): copy the key file again".format(origin.description, error)
         ) from None
 
 
-def _key_from_der_structure(der: bytes, origin: _KeyOrigin) -> SigningKey:
+def _key_from_der_structure(der: bytes, origin: _KeyOrigin, password: _KeyPassword) -> SigningKey:
     """Tell the key containers apart by the shape of their outer SEQUENCE."""
     items = _der_sequence(der)
     tags = [tag for tag, _ in items]
 
     if len(tags) >= 3 and tags[:3] == [_TAG_INTEGER] * 3:
+        _note_unused_password(password, origin)
         return _key_from_pkcs1(items, origin)
     if tags[:3] == [_TAG_INTEGER, _TAG_SEQUENCE, _TAG_OCTET_STRING]:
+        _note_unused_password(password, origin)
         return _key_from_pkcs8(items, origin)
     if tags[:2] == [_TAG_INTEGER, _TAG_SEQUENCE] and _der_integer(items[0]) == 3:
-        _raise_pkcs12(origin)
+        return _key_from_pkcs12(der, password, origin)
     if tags == [_TAG_SEQUENCE, _TAG_OCTET_STRING]:
-        _raise_encrypted(origin, pkcs8=True, der=True)
+        return _key_from_der_structure(_decrypt_pkcs8(der, password, origin), origin, None)
     if tags == [_TAG_SEQUENCE, _TAG_BIT_STRING] or tags == [_TAG_INTEGER, _TAG_INTEGER]:
         _raise_public_key(origin)
     if tags[:3] == [_TAG_SEQUENCE, _TAG_SEQUENCE, _TAG_BIT_STRING]:
@@ -852,6 +858,51 @@ def _key_from_der_structure(der: bytes, origin: _KeyOrigin) -> SigningKey:
     if tags[:2] == [_TAG_INTEGER, _TAG_OCTET_STRING]:
         _raise_not_rsa("EC", origin)
     raise _DERError("not a PKCS#1 or PKCS#8 structure")
+
+
+def _note_unused_password(password: _KeyPassword, origin: _KeyOrigin) -> None:
+    if password is not None:
+        _logger.debug("%s is not encrypted, so the password given is not used", origin.description)
+
+
+def _key_from_pkcs12(der: bytes, password: _KeyPassword, origin: _KeyOrigin) -> SigningKey:
+    """Load the private key of a PKCS#12 file; of several keys, the one whose certificate is in the file."""
+    key_ders, certificate_ders = _keys_from_pkcs12(der, password, origin)
+    keys = [_key_from_der_structure(key_der, origin, None) for key_der in key_ders]
+    if len(keys) == 1:
+        return keys[0]
+    if not keys:
+        raise InvalidKeyError(
+            "{} is a PKCS#12 file with no private key (it contains {} certificates): export the certificate "
+            "together with its private key, and pass that file".format(origin.description, len(certificate_ders))
+        )
+
+    certified_numbers = _certificate_public_numbers(certificate_ders)
+    certified = [key for key in keys if key.public_numbers in certified_numbers]
+    if len(certified) != 1:
+        raise InvalidKeyError(
+            "{} contains {} private keys, and {} of them have their certificate in the file, so the key to "
+            "use is unclear: export only the key whose certificate is uploaded to the Connected App".format(
+                origin.description, len(keys), len(certified)
+            )
+        )
+    _logger.info(
+        "%s contains %d private keys: using %s, the one whose certificate is in the file",
+        origin.description, len(keys), certified[0].fingerprint,
+    )
+    return certified[0]
+
+
+def _certificate_public_numbers(certificate_ders: typing.List[bytes]) -> typing.List[typing.Tuple[int, int]]:
+    """Return (n, e) of each certificate with an RSA key; other certificates are skipped."""
+    numbers = []
+    for der in certificate_ders:
+        try:
+            certificate = _parse_certificate(der)
+        except _DERError:
+            continue
+        numbers.append((certificate.n, certificate.e))
+    return numbers
 
 
 def _key_from_pkcs8(items: typing.List[typing.Tuple[int, bytes]], origin: _KeyOrigin) -> SigningKey:
@@ -923,6 +974,972 @@ def _checked_rsa_key(
 def _as_signing_key(key: typing.Any) -> SigningKey:
     """Accept a SigningKey or anything load_private_key takes."""
     return key if isinstance(key, SigningKey) else load_private_key(key)
+
+
+# --- Decrypting keys (decryption only) ----------------------------------------
+#
+# Encrypted PKCS#8 (RFC 5958 section 3), traditional OpenSSL PEM with a
+# DEK-Info header (RFC 1421 headers) and PKCS#12 files (RFC 7292). The ciphers
+# run only in the decrypting direction: the AES inverse cipher (FIPS-197) and
+# DES/3DES (FIPS 46-3, SP 800-67), in pure Python. Their tables are built on
+# first use, so importing the module costs nothing.
+
+# How a missing password is passed, for the error message.
+_PASSWORD_HOW_TO = (
+    "--jwt-key-password-file FILE or the SF_JWT_KEY_PASSWORD variable (sf-jwt), or the password argument "
+    "(load_private_key)"
+)
+
+# Iteration counts above these fail at once, so that a corrupt count cannot
+# hang the program. OpenSSL 3.0 writes 2048. PBKDF2 runs in hashlib's C code
+# (10 million HMAC-SHA256 rounds take about 3 s); the PKCS#12 KDF runs in
+# Python (1 million SHA-1 rounds take about 1 s per derived key).
+_MAX_PBKDF2_ITERATIONS = 10000000
+_MAX_PKCS12_KDF_ITERATIONS = 1000000
+
+_OID_DATA = "1.2.840.113549.1.7.1"
+_OID_ENCRYPTED_DATA = "1.2.840.113549.1.7.6"
+_OID_PBES2 = "1.2.840.113549.1.5.13"
+_OID_PBKDF2 = "1.2.840.113549.1.5.12"
+_OID_PBE_SHA1_3DES = "1.2.840.113549.1.12.1.3"
+_OID_PBE_SHA1_2DES = "1.2.840.113549.1.12.1.4"
+_OID_KEY_BAG = "1.2.840.113549.1.12.10.1.1"
+_OID_SHROUDED_KEY_BAG = "1.2.840.113549.1.12.10.1.2"
+_OID_CERT_BAG = "1.2.840.113549.1.12.10.1.3"
+_OID_SAFE_CONTENTS_BAG = "1.2.840.113549.1.12.10.1.6"
+_OID_X509_CERTIFICATE = "1.2.840.113549.1.9.22.1"
+
+# PBKDF2 pseudorandom functions (RFC 8018 appendix B.1) by hashlib name.
+_PBKDF2_PRFS = {
+    "1.2.840.113549.2.7": "sha1",
+    "1.2.840.113549.2.8": "sha224",
+    "1.2.840.113549.2.9": "sha256",
+    "1.2.840.113549.2.10": "sha384",
+    "1.2.840.113549.2.11": "sha512",
+}
+
+# MacData digest algorithms (RFC 7292 section 4, RFC 8017 appendix B.1) by hashlib name.
+_MAC_DIGESTS = {
+    "1.3.14.3.2.26": "sha1",
+    "2.16.840.1.101.3.4.2.4": "sha224",
+    "2.16.840.1.101.3.4.2.1": "sha256",
+    "2.16.840.1.101.3.4.2.2": "sha384",
+    "2.16.840.1.101.3.4.2.3": "sha512",
+}
+
+# PBES2 encryption schemes (RFC 8018 appendix B.2, RFC 3565 section 4.1) by
+# the cipher names that OpenSSL writes in DEK-Info headers.
+_PBES2_CIPHERS = {
+    "2.16.840.1.101.3.4.1.2": "AES-128-CBC",
+    "2.16.840.1.101.3.4.1.22": "AES-192-CBC",
+    "2.16.840.1.101.3.4.1.42": "AES-256-CBC",
+    "1.2.840.113549.3.7": "DES-EDE3-CBC",
+}
+
+_CBC_KEY_SIZES = {"AES-128-CBC": 16, "AES-192-CBC": 24, "AES-256-CBC": 32, "DES-EDE3-CBC": 24}
+
+# Names, for the error message, of the algorithms and PKCS#12 modes that are
+# recognised but not implemented here.
+_UNSUPPORTED_ENCRYPTION_NAMES = {
+    "1.2.840.113549.3.2": "RC2-CBC",
+    "1.3.14.3.2.7": "DES-CBC",
+    "1.2.840.113549.3.9": "RC5-CBC",
+    "1.3.6.1.4.1.11591.4.11": "scrypt",
+    "1.2.840.113549.1.5.1": "pbeWithMD2AndDES-CBC",
+    "1.2.840.113549.1.5.3": "pbeWithMD5AndDES-CBC",
+    "1.2.840.113549.1.5.4": "pbeWithMD2AndRC2-CBC",
+    "1.2.840.113549.1.5.6": "pbeWithMD5AndRC2-CBC",
+    "1.2.840.113549.1.5.10": "pbeWithSHA1AndDES-CBC",
+    "1.2.840.113549.1.5.11": "pbeWithSHA1AndRC2-CBC",
+    "1.2.840.113549.1.5.14": "PBMAC1",
+    "1.2.840.113549.1.12.1.1": "pbeWithSHAAnd128BitRC4",
+    "1.2.840.113549.1.12.1.2": "pbeWithSHAAnd40BitRC4",
+    "1.2.840.113549.1.12.1.5": "pbeWithSHAAnd128BitRC2-CBC",
+    "1.2.840.113549.1.12.1.6": "pbeWithSHAAnd40BitRC2-CBC",
+    "1.2.840.113549.1.7.2": "public-key integrity mode (signedData)",
+    "1.2.840.113549.1.7.3": "public-key encryption (envelopedData)",
+}
+
+_cipher_tables = {}  # type: typing.Dict[str, typing.Any]
+
+
+class _PasswordError(Exception):
+    """A padding, MAC or structure check after decryption failed, so the password is wrong or missing."""
+
+
+class _UnsupportedEncryptionError(Exception):
+    """The data is encrypted with an algorithm or parameter that this module does not implement."""
+
+    def __init__(self, algorithm: str) -> None:
+        Exception.__init__(self, algorithm)
+        self.algorithm = algorithm
+
+
+class _MissingPasswordError(InvalidKeyError):
+    """The key is encrypted and no password was given; the command line asks for one in a terminal."""
+
+    def __init__(self, message: str, description: str) -> None:
+        InvalidKeyError.__init__(self, message)
+        self.description = description
+
+
+_Password = typing.NamedTuple("_Password", [("utf8", bytes), ("bmp", bytes)])
+_Password.__doc__ = """A password encoded for PBKDF2 and EVP_BytesToKey (``utf8``) and for the PKCS#12 KDF (``bmp``)."""
+
+
+def _check_password_type(password: typing.Any) -> None:
+    if password is not None and not isinstance(password, (str, bytes)):
+        raise InvalidKeyError("the password must be a str or bytes, not a {}".format(type(password).__name__))
+
+
+def _password_forms(password: typing.Union[str, bytes]) -> _Password:
+    """Encode a password as bytes (PBKDF2, EVP_BytesToKey) and as a BMPString (PKCS#12 KDF).
+
+    A str becomes UTF-8. Its surrogate escapes, which os.environ uses on POSIX
+    for bytes that are not UTF-8, become those bytes again. The BMPString is
+    UTF-16-BE with two zero bytes at the end (RFC 7292 appendix B.1). For
+    bytes that are not UTF-8 it holds one character per byte, which is what
+    OpenSSL 3.0 does with such a password.
+    """
+    if isinstance(password, str):
+        try:
+            password = password.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise InvalidKeyError("the password contains an unpaired surrogate character") from None
+
+    try:
+        text = password.decode("utf-8")
+    except UnicodeDecodeError:
+        text = password.decode("latin-1")
+    return _Password(password, text.encode("utf-16-be") + b"\x00\x00")
+
+
+def _raise_password(origin: _KeyOrigin, password: typing.Any) -> typing.NoReturn:
+    """Raise the error for a missing or wrong password, without saying which check failed."""
+    if password is None:
+        raise _MissingPasswordError(
+            "{} is encrypted: pass its password with {}".format(origin.description, _PASSWORD_HOW_TO),
+            origin.description,
+        )
+    raise InvalidKeyError(
+        "{} cannot be decrypted: the password is wrong (or the file was altered after it was "
+        "encrypted)".format(origin.description)
+    )
+
+
+def _raise_unsupported_encryption(algorithm: str, origin: _KeyOrigin, command: str) -> typing.NoReturn:
+    raise InvalidKeyError(
+        "{} is protected with {}, which sf_jwt cannot decrypt: re-encrypt it with AES by running "
+        "'{}' (it asks for the old and a new password) and pass the new file".format(
+            origin.description, algorithm, command
+        )
+    )
+
+
+# --- AES inverse cipher (FIPS-197) ---
+
+
+def _xtime(value: int) -> int:
+    """Multiply by x in GF(2^8) modulo x^8 + x^4 + x^3 + x + 1 (FIPS-197 section 4.2.1)."""
+    value <<= 1
+    return value ^ 0x11B if value & 0x100 else value
+
+
+def _gf_multiply(a: int, b: int) -> int:
+    """Multiply two bytes in GF(2^8) (FIPS-197 section 4.2)."""
+    product = 0
+    while b:
+        if b & 1:
+            product ^= a
+        a = _xtime(a)
+        b >>= 1
+    return product
+
+
+def _aes_tables() -> typing.Tuple[typing.List[int], ...]:
+    """Build the S-box, the inverse S-box and the four decryption tables, once.
+
+    Each decryption table entry combines InvSubBytes and InvMixColumns for one
+    byte of a column (FIPS-197 sections 5.3.2 and 5.3.3).
+    """
+    tables = _cipher_tables.get("aes")
+    if tables is not None:
+        return tables
+
+    sbox, inverse_sbox = _aes_sboxes()
+    column0 = []
+    for byte in inverse_sbox:
+        column0.append(
+            _gf_multiply(byte, 14) << 24 | _gf_multiply(byte, 9) << 16 | _gf_multiply(byte, 13) << 8
+            | _gf_multiply(byte, 11)
+        )
+    column1 = [(word >> 8) | ((word & 0xFF) << 24) for word in column0]
+    column2 = [(word >> 8) | ((word & 0xFF) << 24) for word in column1]
+    column3 = [(word >> 8) | ((word & 0xFF) << 24) for word in column2]
+    tables = (sbox, inverse_sbox, column0, column1, column2, column3)
+    _cipher_tables["aes"] = tables
+    return tables
+
+
+def _aes_sboxes() -> typing.Tuple[typing.List[int], typing.List[int]]:
+    """Compute the S-box and its inverse.
+
+    S(b) is the multiplicative inverse of b in GF(2^8), or 0 for 0, followed by
+    the affine transformation (FIPS-197 section 5.1.1).
+    """
+    powers = []  # powers[i] is 3**i in GF(2^8), because 3 generates its multiplicative group
+    logarithms = [0] * 256
+    value = 1
+    for exponent in range(255):
+        powers.append(value)
+        logarithms[value] = exponent
+        value ^= _xtime(value)
+
+    sbox = [0] * 256
+    inverse_sbox = [0] * 256
+    for byte in range(256):
+        inverse = powers[(255 - logarithms[byte]) % 255] if byte else 0
+        rotations = [((inverse << shift) | (inverse >> (8 - shift))) & 0xFF for shift in range(1, 5)]
+        substituted = inverse ^ rotations[0] ^ rotations[1] ^ rotations[2] ^ rotations[3] ^ 0x63
+        sbox[byte] = substituted
+        inverse_sbox[substituted] = byte
+    return sbox, inverse_sbox
+
+
+def _aes_key_expansion(key: bytes, sbox: typing.List[int]) -> typing.List[int]:
+    """Expand a 16, 24 or 32-byte key into the round-key words w[i] (FIPS-197 section 5.2)."""
+    key_words = len(key) // 4
+    rounds = key_words + 6
+    words = [int.from_bytes(key[4 * i:4 * i + 4], "big") for i in range(key_words)]
+    round_constant = 1
+    for i in range(key_words, 4 * (rounds + 1)):
+        temp = words[i - 1]
+        if i % key_words == 0:
+            temp = ((temp << 8) & 0xFFFFFFFF) | (temp >> 24)
+            temp = _aes_sub_word(temp, sbox) ^ (round_constant << 24)
+            round_constant = _xtime(round_constant)
+        elif key_words > 6 and i % key_words == 4:
+            temp = _aes_sub_word(temp, sbox)
+        words.append(words[i - key_words] ^ temp)
+    return words
+
+
+def _aes_sub_word(word: int, sbox: typing.List[int]) -> int:
+    return (
+        sbox[word >> 24] << 24 | sbox[(word >> 16) & 0xFF] << 16 | sbox[(word >> 8) & 0xFF] << 8
+        | sbox[word & 0xFF]
+    )
+
+
+def _aes_decryption_round_keys(key: bytes) -> typing.List[typing.Tuple[int, int, int, int]]:
+    """Return the round keys of the equivalent inverse cipher, in the order it uses them.
+
+    The middle round keys go through InvMixColumns (FIPS-197 section 5.3.5).
+    Looking up S[b] in a decryption table applies InvSubBytes to it, which
+    undoes S, so only InvMixColumns remains.
+    """
+    sbox, _, column0, column1, column2, column3 = _aes_tables()
+    words = _aes_key_expansion(key, sbox)
+    rounds = len(words) // 4 - 1
+    round_keys = []
+    for number in range(rounds, -1, -1):
+        round_key = words[4 * number:4 * number + 4]
+        if 0 < number < rounds:
+            round_key = [
+                column0[sbox[word >> 24]] ^ column1[sbox[(word >> 16) & 0xFF]]
+                ^ column2[sbox[(word >> 8) & 0xFF]] ^ column3[sbox[word & 0xFF]]
+                for word in round_key
+            ]
+        round_keys.append((round_key[0], round_key[1], round_key[2], round_key[3]))
+    return round_keys
+
+
+def _aes_decrypt_block(block: int, round_keys: typing.List[typing.Tuple[int, int, int, int]]) -> int:
+    """Decrypt one 128-bit block with the equivalent inverse cipher (FIPS-197 section 5.3.5).
+
+    State words are the columns. Output column c takes row r from column c - r,
+    which is InvShiftRows (FIPS-197 section 5.3.1).
+    """
+    _, inverse_sbox, column0, column1, column2, column3 = _aes_tables()
+    key0, key1, key2, key3 = round_keys[0]
+    s0 = (block >> 96) ^ key0
+    s1 = ((block >> 64) & 0xFFFFFFFF) ^ key1
+    s2 = ((block >> 32) & 0xFFFFFFFF) ^ key2
+    s3 = (block & 0xFFFFFFFF) ^ key3
+
+    for key0, key1, key2, key3 in round_keys[1:-1]:
+        t0 = column0[s0 >> 24] ^ column1[s3 >> 16 & 0xFF] ^ column2[s2 >> 8 & 0xFF] ^ column3[s1 & 0xFF] ^ key0
+        t1 = column0[s1 >> 24] ^ column1[s0 >> 16 & 0xFF] ^ column2[s3 >> 8 & 0xFF] ^ column3[s2 & 0xFF] ^ key1
+        t2 = column0[s2 >> 24] ^ column1[s1 >> 16 & 0xFF] ^ column2[s0 >> 8 & 0xFF] ^ column3[s3 & 0xFF] ^ key2
+        t3 = column0[s3 >> 24] ^ column1[s2 >> 16 & 0xFF] ^ column2[s1 >> 8 & 0xFF] ^ column3[s0 & 0xFF] ^ key3
+        s0, s1, s2, s3 = t0, t1, t2, t3
+
+    key0, key1, key2, key3 = round_keys[-1]
+    columns = []
+    for a, b, c, d in ((s0, s3, s2, s1), (s1, s0, s3, s2), (s2, s1, s0, s3), (s3, s2, s1, s0)):
+        columns.append(
+            inverse_sbox[a >> 24] << 24 | inverse_sbox[(b >> 16) & 0xFF] << 16
+            | inverse_sbox[(c >> 8) & 0xFF] << 8 | inverse_sbox[d & 0xFF]
+        )
+    return (columns[0] ^ key0) << 96 | (columns[1] ^ key1) << 64 | (columns[2] ^ key2) << 32 | columns[3] ^ key3
+
+
+# --- DES and TDEA, decrypting (FIPS 46-3, SP 800-67) ---
+
+# The tables of FIPS 46-3 appendix 1, with bits numbered from 1 at the left.
+_DES_INITIAL_PERMUTATION = (
+    58, 50, 42, 34, 26, 18, 10, 2, 60, 52, 44, 36, 28, 20, 12, 4,
+    62, 54, 46, 38, 30, 22, 14, 6, 64, 56, 48, 40, 32, 24, 16, 8,
+    57, 49, 41, 33, 25, 17, 9, 1, 59, 51, 43, 35, 27, 19, 11, 3,
+    61, 53, 45, 37, 29, 21, 13, 5, 63, 55, 47, 39, 31, 23, 15, 7,
+)
+_DES_P = (
+    16, 7, 20, 21, 29, 12, 28, 17, 1, 15, 23, 26, 5, 18, 31, 10,
+    2, 8, 24, 14, 32, 27, 3, 9, 19, 13, 30, 6, 22, 11, 4, 25,
+)
+_DES_PC1 = (
+    57, 49, 41, 33, 25, 17, 9, 1, 58, 50, 42, 34, 26, 18,
+    10, 2, 59, 51, 43, 35, 27, 19, 11, 3, 60, 52, 44, 36,
+    63, 55, 47, 39, 31, 23, 15, 7, 62, 54, 46, 38, 30, 22,
+    14, 6, 61, 53, 45, 37, 29, 21, 13, 5, 28, 20, 12, 4,
+)
+_DES_PC2 = (
+    14, 17, 11, 24, 1, 5, 3, 28, 15, 6, 21, 10, 23, 19, 12, 4,
+    26, 8, 16, 7, 27, 20, 13, 2, 41, 52, 31, 37, 47, 55, 30, 40,
+    51, 45, 33, 48, 44, 49, 39, 56, 34, 53, 46, 42, 50, 36, 29, 32,
+)
+_DES_KEY_SHIFTS = (1, 1, 2, 2, 2, 2, 2, 2, 1, 2, 2, 2, 2, 2, 2, 1)
+# S1 to S8, each as its four rows of 16 entries.
+_DES_S_BOXES = (
+    "14 4 13 1 2 15 11 8 3 10 6 12 5 9 0 7  0 15 7 4 14 2 13 1 10 6 12 11 9 5 3 8 "
+    "4 1 14 8 13 6 2 11 15 12 9 7 3 10 5 0  15 12 8 2 4 9 1 7 5 11 3 14 10 0 6 13",
+    "15 1 8 14 6 11 3 4 9 7 2 13 12 0 5 10  3 13 4 7 15 2 8 14 12 0 1 10 6 9 11 5 "
+    "0 14 7 11 10 4 13 1 5 8 12 6 9 3 2 15  13 8 10 1 3 15 4 2 11 6 7 12 0 5 14 9",
+    "10 0 9 14 6 3 15 5 1 13 12 7 11 4 2 8  13 7 0 9 3 4 6 10 2 8 5 14 12 11 15 1 "
+    "13 6 4 9 8 15 3 0 11 1 2 12 5 10 14 7  1 10 13 0 6 9 8 7 4 15 14 3 11 5 2 12",
+    "7 13 14 3 0 6 9 10 1 2 8 5 11 12 4 15  13 8 11 5 6 15 0 3 4 7 2 12 1 10 14 9 "
+    "10 6 9 0 12 11 7 13 15 1 3 14 5 2 8 4  3 15 0 6 10 1 13 8 9 4 5 11 12 7 2 14",
+    "2 12 4 1 7 10 11 6 8 5 3 15 13 0 14 9  14 11 2 12 4 7 13 1 5 0 15 10 3 9 8 6 "
+    "4 2 1 11 10 13 7 8 15 9 12 5 6 3 0 14  11 8 12 7 1 14 2 13 6 15 0 9 10 4 5 3",
+    "12 1 10 15 9 2 6 8 0 13 3 4 14 7 5 11  10 15 4 2 7 12 9 5 6 1 13 14 0 11 3 8 "
+    "9 14 15 5 2 8 12 3 7 0 4 10 1 13 11 6  4 3 2 12 9 5 15 10 11 14 1 7 6 0 8 13",
+    "4 11 2 14 15 0 8 13 3 12 9 7 5 10 6 1  13 0 11 7 4 9 1 10 14 3 5 12 2 15 8 6 "
+    "1 4 11 13 12 3 7 14 10 15 6 8 0 5 9 2  6 11 13 8 1 4 10 7 9 5 0 15 14 2 3 12",
+    "13 2 8 4 6 15 11 1 10 9 3 14 5 0 12 7  1 15 13 8 10 3 7 4 12 5 6 11 0 14 9 2 "
+    "7 11 4 1 9 12 14 2 0 6 10 13 15 3 5 8  2 1 14 7 4 10 8 13 15 12 9 0 3 5 6 11",
+)
+
+
+def _permute_bits(value: int, table: typing.Sequence[int], input_bits: int) -> int:
+    """Apply a FIPS 46-3 permutation: output bit i is input bit table[i], counting from 1 at the left."""
+    result = 0
+    for position in table:
+        result = (result << 1) | ((value >> (input_bits - position)) & 1)
+    return result
+
+
+def _byte_permutation_tables(table: typing.Sequence[int]) -> typing.List[typing.List[int]]:
+    """Split a 64-bit permutation into 8 tables, one per input byte, whose entries are ORed."""
+    byte_tables = []
+    for byte_index in range(8):
+        bit_outputs = [_permute_bits(1 << (63 - 8 * byte_index - bit), table, 64) for bit in range(8)]
+        entries = [0] * 256
+        for value in range(1, 256):
+            lowest_bit = (value & -value).bit_length() - 1  # bit 0 is the rightmost
+            entries[value] = entries[value & (value - 1)] | bit_outputs[7 - lowest_bit]
+        byte_tables.append(entries)
+    return byte_tables
+
+
+def _des_tables() -> typing.Tuple[typing.List[typing.List[int]], ...]:
+    """Build, once, the S-boxes combined with P and the byte tables for IP and its inverse.
+
+    Entry v of combined table i is P applied to S_i(v) in its place in the
+    32-bit output of the S-boxes (FIPS 46-3, "The cipher function f").
+    """
+    tables = _cipher_tables.get("des")
+    if tables is not None:
+        return tables
+
+    combined = []
+    for box_index, box_text in enumerate(_DES_S_BOXES):
+        box = [int(entry) for entry in box_text.split()]
+        entries = []
+        for value in range(64):
+            row = (value >> 4 & 2) | (value & 1)
+            column = (value >> 1) & 15
+            entries.append(_permute_bits(box[16 * row + column] << (28 - 4 * box_index), _DES_P, 32))
+        combined.append(entries)
+
+    final_permutation = [0] * 64
+    for output_position, input_position in enumerate(_DES_INITIAL_PERMUTATION, 1):
+        final_permutation[input_position - 1] = output_position
+    tables = (
+        combined,
+        _byte_permutation_tables(_DES_INITIAL_PERMUTATION),
+        _byte_permutation_tables(final_permutation),
+    )
+    _cipher_tables["des"] = tables
+    return tables
+
+
+def _des_round_keys(key: bytes) -> typing.List[typing.Tuple[int, ...]]:
+    """Compute K1 to K16, each as eight 6-bit groups (FIPS 46-3, "Key schedule calculation").
+
+    The parity bits are ignored, as PC-1 drops them.
+    """
+    permuted = _permute_bits(int.from_bytes(key, "big"), _DES_PC1, 64)
+    c, d = permuted >> 28, permuted & 0x0FFFFFFF
+    round_keys = []
+    for shift in _DES_KEY_SHIFTS:
+        c = ((c << shift) | (c >> (28 - shift))) & 0x0FFFFFFF
+        d = ((d << shift) | (d >> (28 - shift))) & 0x0FFFFFFF
+        round_key = _permute_bits((c << 28) | d, _DES_PC2, 56)
+        round_keys.append(tuple((round_key >> (42 - 6 * group)) & 63 for group in range(8)))
+    return round_keys
+
+
+def _permute_by_bytes(value: int, byte_tables: typing.List[typing.List[int]]) -> int:
+    result = 0
+    for byte_index in range(8):
+        result |= byte_tables[byte_index][(value >> (56 - 8 * byte_index)) & 0xFF]
+    return result
+
+
+def _des_block(block: int, key_schedules: typing.Sequence[typing.Sequence[typing.Tuple[int, ...]]]) -> int:
+    """Run a 64-bit block through DES once per key schedule (FIPS 46-3 and SP 800-67).
+
+    Decrypting is DES with K16 to K1. Between passes the inverse IP and the next
+    IP cancel, so only the swap of L and R that ends each pass remains.
+    """
+    combined, initial, final = _des_tables()
+    s0, s1, s2, s3, s4, s5, s6, s7 = combined
+    permuted = _permute_by_bytes(block, initial)
+    left, right = permuted >> 32, permuted & 0xFFFFFFFF
+    for schedule in key_schedules:
+        for k0, k1, k2, k3, k4, k5, k6, k7 in schedule:
+            # E: bits 32, 1, 2, ..., 32, 1 of R, so 6-bit group g starts at bit 4g of this 34-bit value.
+            expanded = (right & 1) << 33 | right << 1 | right >> 31
+            f = (
+                s0[(expanded >> 28 & 63) ^ k0] | s1[(expanded >> 24 & 63) ^ k1]
+                | s2[(expanded >> 20 & 63) ^ k2] | s3[(expanded >> 16 & 63) ^ k3]
+                | s4[(expanded >> 12 & 63) ^ k4] | s5[(expanded >> 8 & 63) ^ k5]
+                | s6[(expanded >> 4 & 63) ^ k6] | s7[(expanded & 63) ^ k7]
+            )
+            left, right = right, left ^ f
+        left, right = right, left
+    return _permute_by_bytes(left << 32 | right, final)
+
+
+def _tdea_decryption_schedules(key: bytes) -> typing.List[typing.List[typing.Tuple[int, ...]]]:
+    """Return the key schedules for TDEA decryption, which is D_K1(E_K2(D_K3(C))) (SP 800-67)."""
+    first, second, third = (_des_round_keys(key[i:i + 8]) for i in (0, 8, 16))
+    return [third[::-1], second, first[::-1]]
+
+
+# --- CBC, padding and key derivation ---
+
+
+def _cbc_decrypt(cipher: str, key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
+    """Decrypt in CBC mode and remove the PKCS#7 padding (RFC 5652 section 6.3).
+
+    Bad padding raises _PasswordError, because a wrong key is its usual cause.
+    """
+    return _remove_padding(_cbc_decrypt_blocks(cipher, key, iv, ciphertext), len(iv))
+
+
+def _cbc_decrypt_blocks(cipher: str, key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
+    """Decrypt whole blocks in CBC mode (SP 800-38A section 6.2) with AES or DES-EDE3."""
+    block_size = 8 if cipher == "DES-EDE3-CBC" else 16
+    if len(iv) != block_size:
+        raise _DERError("the IV of {} is {} bytes, not {}".format(cipher, len(iv), block_size))
+    if not ciphertext or len(ciphertext) % block_size:
+        raise _DERError("the encrypted data is not a whole number of {} blocks".format(cipher))
+
+    schedules = _tdea_decryption_schedules(key) if block_size == 8 else []
+    round_keys = _aes_decryption_round_keys(key) if block_size == 16 else []
+
+    previous = int.from_bytes(iv, "big")
+    plaintext = []
+    for offset in range(0, len(ciphertext), block_size):
+        block = int.from_bytes(ciphertext[offset:offset + block_size], "big")
+        if schedules:
+            decrypted = _des_block(block, schedules)
+        else:
+            decrypted = _aes_decrypt_block(block, round_keys)
+        plaintext.append((decrypted ^ previous).to_bytes(block_size, "big"))
+        previous = block
+    return b"".join(plaintext)
+
+
+def _remove_padding(data: bytes, block_size: int) -> bytes:
+    padding = data[-1]
+    if not 1 <= padding <= block_size or data[-padding:] != bytes([padding]) * padding:
+        raise _PasswordError()
+    return data[:-padding]
+
+
+def _evp_bytes_to_key(password: bytes, salt: bytes, size: int) -> bytes:
+    """Derive a PEM encryption key as OpenSSL's EVP_BytesToKey does with MD5 and one iteration.
+
+    D_1 = MD5(password + salt), D_i = MD5(D_(i-1) + password + salt), and the
+    key is the start of D_1 + D_2 + ... (OpenSSL's PEM_do_header).
+    """
+    derived = b""
+    block = b""
+    while len(derived) < size:
+        block = hashlib.md5(block + password + salt).digest()
+        derived += block
+    return derived[:size]
+
+
+def _pkcs12_kdf(hash_name: str, password: bytes, salt: bytes, iterations: int, purpose: int, size: int) -> bytes:
+    """Derive key material with the PKCS#12 KDF (RFC 7292 appendix B.2).
+
+    ``password`` is the BMPString, ``purpose`` the ID byte: 1 for a key, 2 for
+    an IV and 3 for a MAC key.
+    """
+    hash_function = getattr(hashlib, hash_name)
+    block_size = hash_function().block_size  # v in RFC 7292
+    modulus = 1 << (8 * block_size)
+    diversifier = bytes([purpose]) * block_size
+    data = _repeat_to_block_multiple(salt, block_size) + _repeat_to_block_multiple(password, block_size)  # I
+
+    derived = b""
+    while True:
+        digest = hash_function(diversifier + data).digest()
+        for _ in range(iterations - 1):
+            digest = hash_function(digest).digest()
+        derived += digest
+        if len(derived) >= size:
+            return derived[:size]
+        # Step 6: add B + 1, where B is the digest repeated to v bytes, to each v-byte block of I.
+        increment = int.from_bytes(_repeat_to_length(digest, block_size), "big") + 1
+        blocks = []
+        for offset in range(0, len(data), block_size):
+            value = (int.from_bytes(data[offset:offset + block_size], "big") + increment) % modulus
+            blocks.append(value.to_bytes(block_size, "big"))
+        data = b"".join(blocks)
+
+
+def _repeat_to_block_multiple(data: bytes, block_size: int) -> bytes:
+    """Repeat data up to the next multiple of block_size, so empty data stays empty (RFC 7292 appendix B.2)."""
+    blocks = (len(data) + block_size - 1) // block_size
+    return _repeat_to_length(data, blocks * block_size)
+
+
+def _repeat_to_length(data: bytes, length: int) -> bytes:
+    if not data:
+        return b""
+    return (data * (length // len(data) + 1))[:length]
+
+
+# --- Parsing the encryption parameters ---
+
+
+def _der_fields(
+    element: typing.Tuple[int, bytes], tags: typing.Sequence[int], optional: int = 0
+) -> typing.List[typing.Tuple[int, bytes]]:
+    """Return the children of a SEQUENCE element after checking their tags.
+
+    The last ``optional`` tags may be absent. Anything after the listed fields
+    is an error.
+    """
+    tag, content = element
+    if tag != _TAG_SEQUENCE:
+        raise _DERError("expected a SEQUENCE")
+    fields = _der_children(content, 0, len(content))
+    if not len(tags) - optional <= len(fields) <= len(tags):
+        raise _DERError("a SEQUENCE has {} fields, expected {}".format(len(fields), len(tags)))
+    for (field_tag, _), expected in zip(fields, tags):
+        if field_tag != expected:
+            raise _DERError("unexpected tag 0x{:02x}, expected 0x{:02x}".format(field_tag, expected))
+    return fields
+
+
+def _der_algorithm(
+    element: typing.Tuple[int, bytes]
+) -> typing.Tuple[str, typing.Optional[typing.Tuple[int, bytes]]]:
+    """Read an AlgorithmIdentifier (RFC 5280 section 4.1.1.2): the OID and the parameters, if any."""
+    tag, content = element
+    if tag != _TAG_SEQUENCE:
+        raise _DERError("expected an AlgorithmIdentifier")
+    fields = _der_children(content, 0, len(content))
+    if not 1 <= len(fields) <= 2:
+        raise _DERError("an AlgorithmIdentifier has {} fields".format(len(fields)))
+    return _der_oid(fields[0]), fields[1] if len(fields) == 2 else None
+
+
+def _checked_iterations(element: typing.Tuple[int, bytes], maximum: int) -> int:
+    iterations = _der_integer(element)
+    if iterations < 1:
+        raise _DERError("iteration count {} is not positive".format(iterations))
+    if iterations > maximum:
+        raise _UnsupportedEncryptionError(
+            "{} iterations (sf_jwt stops at {}, so that a corrupt count cannot hang it)".format(iterations, maximum)
+        )
+    return iterations
+
+
+def _unsupported(oid: str) -> _UnsupportedEncryptionError:
+    return _UnsupportedEncryptionError(_UNSUPPORTED_ENCRYPTION_NAMES.get(oid, "the algorithm {}".format(oid)))
+
+
+def _pbkdf2_parameters(
+    element: typing.Optional[typing.Tuple[int, bytes]]
+) -> typing.Tuple[bytes, int, typing.Optional[int], str]:
+    """Read PBKDF2-params (RFC 8018 appendix A.2): salt, iteration count, key length and PRF.
+
+    The PRF defaults to HMAC-SHA1 when absent. A salt from otherSource is rejected.
+    """
+    if element is None or element[0] != _TAG_SEQUENCE:
+        raise _DERError("the PBKDF2 parameters are missing")
+    fields = _der_children(element[1], 0, len(element[1]))
+    if len(fields) < 2 or fields[0][0] != _TAG_OCTET_STRING:
+        raise _DERError("invalid PBKDF2-params")
+    salt = fields[0][1]
+    iterations = _checked_iterations(fields[1], _MAX_PBKDF2_ITERATIONS)
+
+    rest = fields[2:]
+    key_length = None
+    if rest and rest[0][0] == _TAG_INTEGER:
+        key_length = _der_integer(rest[0])
+        rest = rest[1:]
+    prf = "sha1"
+    if rest:
+        prf_oid, _ = _der_algorithm(rest[0])
+        if prf_oid not in _PBKDF2_PRFS:
+            raise _UnsupportedEncryptionError("PBKDF2 with the PRF {}".format(prf_oid))
+        prf = _PBKDF2_PRFS[prf_oid]
+        rest = rest[1:]
+    if rest:
+        raise _DERError("unexpected field after the PBKDF2 PRF")
+    return salt, iterations, key_length, prf
+
+
+def _pbes2_decrypt(
+    parameters: typing.Optional[typing.Tuple[int, bytes]], ciphertext: bytes, password: typing.Optional[_Password]
+) -> bytes:
+    """Decrypt with PBES2, that is PBKDF2 and a CBC cipher (RFC 8018 sections 6.2.2 and A.4)."""
+    if parameters is None:
+        raise _DERError("the PBES2 parameters are missing")
+    kdf, scheme = _der_fields(parameters, [_TAG_SEQUENCE, _TAG_SEQUENCE])
+    kdf_oid, kdf_parameters = _der_algorithm(kdf)
+    if kdf_oid != _OID_PBKDF2:
+        raise _unsupported(kdf_oid)
+    scheme_oid, iv = _der_algorithm(scheme)
+    cipher = _PBES2_CIPHERS.get(scheme_oid)
+    if cipher is None:
+        raise _unsupported(scheme_oid)
+    if iv is None or iv[0] != _TAG_OCTET_STRING:
+        raise _DERError("the IV of {} is missing".format(cipher))
+
+    salt, iterations, key_length, prf = _pbkdf2_parameters(kdf_parameters)
+    key_size = _CBC_KEY_SIZES[cipher]
+    if key_length is not None and key_length != key_size:
+        raise _DERError("the PBKDF2 key length {} does not match {}".format(key_length, cipher))
+    if password is None:
+        raise _PasswordError()
+    key = hashlib.pbkdf2_hmac(prf, password.utf8, salt, iterations, key_size)
+    return _cbc_decrypt(cipher, key, iv[1], ciphertext)
+
+
+def _pkcs12_pbe_decrypt(
+    oid: str, parameters: typing.Optional[typing.Tuple[int, bytes]], ciphertext: bytes,
+    password: typing.Optional[_Password],
+) -> bytes:
+    """Decrypt with pbeWithSHAAnd3-KeyTripleDES-CBC or pbeWithSHAAnd2-KeyTripleDES-CBC (RFC 7292 appendix C)."""
+    if parameters is None:
+        raise _DERError("the PKCS#12 PBE parameters are missing")
+    salt, iterations_element = _der_fields(parameters, [_TAG_OCTET_STRING, _TAG_INTEGER])
+    iterations = _checked_iterations(iterations_element, _MAX_PKCS12_KDF_ITERATIONS)
+    if password is None:
+        raise _PasswordError()
+
+    key_size = 24 if oid == _OID_PBE_SHA1_3DES else 16
+    key = _pkcs12_kdf("sha1", password.bmp, salt[1], iterations, 1, key_size)
+    if key_size == 16:
+        key += key[:8]  # two-key TDEA: K3 is K1
+    iv = _pkcs12_kdf("sha1", password.bmp, salt[1], iterations, 2, 8)
+    return _cbc_decrypt("DES-EDE3-CBC", key, iv, ciphertext)
+
+
+def _decrypt_with_algorithm(
+    algorithm: typing.Tuple[int, bytes], ciphertext: bytes, password: typing.Optional[_Password]
+) -> bytes:
+    """Decrypt with a password-based encryption AlgorithmIdentifier; None as password raises _PasswordError."""
+    oid, parameters = _der_algorithm(algorithm)
+    if oid == _OID_PBES2:
+        return _pbes2_decrypt(parameters, ciphertext, password)
+    if oid in (_OID_PBE_SHA1_3DES, _OID_PBE_SHA1_2DES):
+        return _pkcs12_pbe_decrypt(oid, parameters, ciphertext, password)
+    raise _unsupported(oid)
+
+
+def _check_decrypted(plaintext: bytes, tags: typing.Sequence[int]) -> None:
+    """Raise _PasswordError unless the plaintext is one DER SEQUENCE whose first fields have these tags.
+
+    A wrong key passes the padding check about once in 256 tries, and this check catches it.
+    """
+    try:
+        fields = _der_sequence(plaintext)
+    except _DERError:
+        raise _PasswordError() from None
+    if [tag for tag, _ in fields[:len(tags)]] != list(tags):
+        raise _PasswordError()
+
+
+def _decrypt_private_key_info(element: typing.Tuple[int, bytes], password: typing.Optional[_Password]) -> bytes:
+    """Decrypt an EncryptedPrivateKeyInfo (RFC 5958 section 3) into PrivateKeyInfo DER."""
+    algorithm, encrypted = _der_fields(element, [_TAG_SEQUENCE, _TAG_OCTET_STRING])
+    plaintext = _decrypt_with_algorithm(algorithm, encrypted[1], password)
+    _check_decrypted(plaintext, [_TAG_INTEGER, _TAG_SEQUENCE, _TAG_OCTET_STRING])
+    return plaintext
+
+
+def _der_element(der: bytes) -> typing.Tuple[int, bytes]:
+    """Read the one element that ``der`` consists of, exactly."""
+    tag, start, end = _der_read(der, 0, len(der))
+    if end != len(der):
+        raise _DERError("unexpected data after the outer element")
+    return tag, der[start:end]
+
+
+# --- Encrypted PKCS#8 and traditional PEM ---
+
+
+def _decrypt_pkcs8(der: bytes, password: typing.Optional[typing.Union[str, bytes]], origin: _KeyOrigin) -> bytes:
+    """Decrypt an encrypted PKCS#8 key (BEGIN ENCRYPTED PRIVATE KEY) and return the PrivateKeyInfo DER.
+
+    Raises:
+        InvalidKeyError: The password is wrong or missing, or the algorithm is
+            not PBES2 with AES or 3DES or PKCS#12 PBE with 3DES.
+        _DERError: The DER is malformed.
+    """
+    forms = None if password is None else _password_forms(password)
+    try:
+        return _decrypt_private_key_info(_der_element(der), forms)
+    except _PasswordError:
+        _raise_password(origin, password)
+    except _UnsupportedEncryptionError as error:
+        command = "openssl pkcs8 -topk8 -v2 aes-256-cbc -provider legacy -provider default -in {} -out key-aes.pem"
+        _raise_unsupported_encryption(error.algorithm, origin, command.format(origin.command_path()))
+
+
+def _decrypt_traditional_pem(
+    block: _PEMBlock, password: typing.Optional[typing.Union[str, bytes]], origin: _KeyOrigin
+) -> bytes:
+    """Decrypt a PEM block with the header "Proc-Type: 4,ENCRYPTED" and return the DER inside.
+
+    The key is EVP_BytesToKey of the password and the first 8 bytes of the IV
+    from the DEK-Info header, as OpenSSL's PEM_do_header derives it.
+
+    Raises:
+        InvalidKeyError: The password is wrong or missing, the cipher is not
+            AES-CBC or DES-EDE3-CBC, or the block is corrupt.
+    """
+    cipher, iv = _dek_info(block, origin)
+    if cipher not in _CBC_KEY_SIZES:
+        command = "openssl rsa -aes256 -provider legacy -provider default -in {} -out key-aes.pem"
+        _raise_unsupported_encryption(cipher, origin, command.format(origin.command_path()))
+    ciphertext = _pem_block_der(block, origin)
+    if password is None:
+        _raise_password(origin, password)
+
+    key = _evp_bytes_to_key(_password_forms(password).utf8, iv[:8], _CBC_KEY_SIZES[cipher])
+    try:
+        plaintext = _cbc_decrypt(cipher, key, iv, ciphertext)
+        _check_decrypted(plaintext, [_TAG_INTEGER])
+    except _PasswordError:
+        _raise_password(origin, password)
+    except _DERError as error:
+        raise InvalidKeyError(
+            "{} is corrupt ({}): copy the key file again".format(origin.description, error)
+        ) from None
+    return plaintext
+
+
+def _dek_info(block: _PEMBlock, origin: _KeyOrigin) -> typing.Tuple[str, bytes]:
+    """Read the cipher name and the IV from the DEK-Info header (RFC 1421 section 4.6.1.3)."""
+    value = block.headers.get("DEK-Info", "")
+    cipher, _, iv_hex = value.partition(",")
+    try:
+        iv = bytes.fromhex(iv_hex.strip())
+    except ValueError:
+        iv = b""
+    if not cipher.strip() or len(iv) < 8:
+        raise InvalidKeyError(
+            "{} is corrupt: its DEK-Info header '{}' is not a cipher name and a hexadecimal IV; copy the "
+            "key file again".format(origin.description, value)
+        )
+    return cipher.strip().upper(), iv
+
+
+# --- PKCS#12 (RFC 7292) ---
+
+
+def _keys_from_pkcs12(
+    der: bytes, password: typing.Optional[typing.Union[str, bytes]], origin: _KeyOrigin
+) -> typing.Tuple[typing.List[bytes], typing.List[bytes]]:
+    """Read the private keys and the certificates of a PKCS#12 file (a PFX).
+
+    Returns the PrivateKeyInfo DER of every keyBag and pkcs8ShroudedKeyBag and
+    the DER of every X.509 certBag, in file order. The MAC is checked before
+    anything is decrypted. Without a password the empty password is tried, as
+    OpenSSL's PKCS12_parse does.
+
+    Raises:
+        InvalidKeyError: The password is wrong or missing, or the keys are
+            encrypted with an algorithm that is not implemented here.
+        _DERError: The DER is malformed.
+    """
+    try:
+        return _read_pfx(der, password, origin)
+    except _PasswordError:
+        _raise_password(origin, password)
+    except _UnsupportedEncryptionError as error:
+        command = "openssl pkcs12 -legacy -in {} -nocerts -out key-aes.pem".format(origin.command_path())
+        _raise_unsupported_encryption(error.algorithm, origin, command)
+
+
+def _pkcs12_passwords(password: typing.Optional[typing.Union[str, bytes]]) -> typing.List[_Password]:
+    """Return the password encodings to try against the MAC.
+
+    The empty password has two encodings: the BMPString of "" (two zero bytes),
+    which OpenSSL 3.0 and cryptography write, and no bytes at all. OpenSSL's
+    PKCS12_parse tries both, and so does this module.
+    """
+    if password is None or password in ("", b""):
+        return [_Password(b"", b"\x00\x00"), _Password(b"", b"")]
+    return [_password_forms(password)]
+
+
+def _read_pfx(
+    der: bytes, password: typing.Optional[typing.Union[str, bytes]], origin: _KeyOrigin
+) -> typing.Tuple[typing.List[bytes], typing.List[bytes]]:
+    """Check the PFX (RFC 7292 section 4), then read the bags of each part of its AuthenticatedSafe."""
+    fields = _der_fields(_der_element(der), [_TAG_INTEGER, _TAG_SEQUENCE, _TAG_SEQUENCE], optional=1)
+    if _der_integer(fields[0]) != 3:
+        raise _DERError("the PFX version is not 3")
+    content_type, content = _content_info(fields[1])
+    if content_type != _OID_DATA:
+        raise _unsupported(content_type)
+    authenticated_safe = _octet_string(content)
+
+    candidates = _pkcs12_passwords(password)
+    chosen = _verify_pfx_mac(fields[2], authenticated_safe, candidates) if len(fields) == 3 else candidates[0]
+
+    keys = []  # type: typing.List[bytes]
+    certificates = []  # type: typing.List[bytes]
+    skipped = []  # type: typing.List[_UnsupportedEncryptionError]
+    for part in _der_sequence(authenticated_safe):
+        try:
+            safe_contents = _authenticated_safe_part(part, chosen)
+        except _UnsupportedEncryptionError as error:
+            # OpenSSL's legacy files encrypt only the certificates with RC2, so the key may still be found.
+            _logger.info(
+                "skipped a part of %s that is encrypted with %s, which sf_jwt cannot decrypt",
+                origin.description, error.algorithm,
+            )
+            skipped.append(error)
+            continue
+        _read_safe_bags(safe_contents, chosen, keys, certificates, 0)
+
+    if not keys and skipped:
+        raise skipped[0]
+    return keys, certificates
+
+
+def _verify_pfx_mac(
+    mac_data: typing.Tuple[int, bytes], authenticated_safe: bytes, candidates: typing.List[_Password]
+) -> _Password:
+    """Check the MacData HMAC and return the password encoding that matches (RFC 7292 section 4 and appendix B).
+
+    The MAC key comes from the PKCS#12 KDF with ID 3 and the MAC's own hash:
+    SHA-1 in legacy files, SHA-256 in OpenSSL 3.0's default files.
+    """
+    fields = _der_fields(mac_data, [_TAG_SEQUENCE, _TAG_OCTET_STRING, _TAG_INTEGER], optional=1)
+    algorithm, digest = _der_fields(fields[0], [_TAG_SEQUENCE, _TAG_OCTET_STRING])
+    oid, _ = _der_algorithm(algorithm)
+    hash_name = _MAC_DIGESTS.get(oid)
+    if hash_name is None:
+        raise _unsupported(oid)
+    iterations = _checked_iterations(fields[2], _MAX_PKCS12_KDF_ITERATIONS) if len(fields) == 3 else 1
+    size = hashlib.new(hash_name).digest_size
+
+    import hmac
+
+    for candidate in candidates:
+        key = _pkcs12_kdf(hash_name, candidate.bmp, fields[1][1], iterations, 3, size)
+        if hmac.compare_digest(hmac.new(key, authenticated_safe, hash_name).digest(), digest[1]):
+            return candidate
+    raise _PasswordError()
+
+
+def _content_info(element: typing.Tuple[int, bytes]) -> typing.Tuple[str, typing.Tuple[int, bytes]]:
+    """Read a ContentInfo (RFC 5652 section 3): the content type and the element inside [0] EXPLICIT."""
+    content_type, wrapper = _der_fields(element, [_TAG_OID, _TAG_CONTEXT_0])
+    return _der_oid(content_type), _explicit_content(wrapper)
+
+
+def _explicit_content(wrapper: typing.Tuple[int, bytes]) -> typing.Tuple[int, bytes]:
+    inner = _der_children(wrapper[1], 0, len(wrapper[1]))
+    if len(inner) != 1:
+        raise _DERError("an explicitly tagged value has {} elements, not 1".format(len(inner)))
+    return inner[0]
+
+
+def _octet_string(element: typing.Tuple[int, bytes]) -> bytes:
+    if element[0] != _TAG_OCTET_STRING:
+        raise _DERError("expected an OCTET STRING")
+    return element[1]
+
+
+def _authenticated_safe_part(part: typing.Tuple[int, bytes], password: _Password) -> bytes:
+    """Return the SafeContents DER of one ContentInfo of the AuthenticatedSafe (RFC 7292 section 4.1).
+
+    An encryptedData part (RFC 5652 section 8) is decrypted first.
+    """
+    content_type, content = _content_info(part)
+    if content_type == _OID_DATA:
+        return _octet_string(content)
+    if content_type != _OID_ENCRYPTED_DATA:
+        raise _unsupported(content_type)
+
+    fields = _der_fields(content, [_TAG_INTEGER, _TAG_SEQUENCE, _TAG_CONTEXT_1], optional=1)
+    inner_type, algorithm, encrypted = _der_fields(fields[1], [_TAG_OID, _TAG_SEQUENCE, _TAG_CONTEXT_0_PRIMITIVE])
+    if _der_oid(inner_type) != _OID_DATA:
+        raise _DERError("the encrypted content is not data")
+    plaintext = _decrypt_with_algorithm(algorithm, encrypted[1], password)
+    _check_decrypted(plaintext, [])
+    return plaintext
+
+
+def _read_safe_bags(
+    safe_contents: bytes, password: _Password, keys: typing.List[bytes], certificates: typing.List[bytes], depth: int
+) -> None:
+    """Append the keys and the X.509 certificates of a SafeContents to the lists (RFC 7292 section 4.2).
+
+    Other bags (CRLs, secrets) are skipped. A safeContentsBag is read as nested SafeContents.
+    """
+    for bag in _der_sequence(safe_contents):
+        fields = _der_fields(bag, [_TAG_OID, _TAG_CONTEXT_0, _TAG_SET], optional=1)
+        bag_type = _der_oid(fields[0])
+        value = _explicit_content(fields[1])
+        if bag_type == _OID_KEY_BAG:
+            if value[0] != _TAG_SEQUENCE:
+                raise _DERError("a keyBag is not a PrivateKeyInfo")
+            keys.append(_der_encode(value[0], value[1]))
+        elif bag_type == _OID_SHROUDED_KEY_BAG:
+            keys.append(_decrypt_private_key_info(value, password))
+        elif bag_type == _OID_CERT_BAG:
+            certificate_type, wrapper = _der_fields(value, [_TAG_OID, _TAG_CONTEXT_0])
+            if _der_oid(certificate_type) == _OID_X509_CERTIFICATE:
+                certificates.append(_octet_string(_explicit_content(wrapper)))
+        elif bag_type == _OID_SAFE_CONTENTS_BAG:
+            if depth >= 4:
+                raise _DERError("SafeContents nested more than 4 levels deep")
+            _read_safe_bags(_der_encode(value[0], value[1]), password, keys, certificates, depth + 1)
 
 
 # --- Claims and assertion (RFC 7523, RFC 7515) ------------------------------
@@ -2486,10 +3503,12 @@ def check_setup(
     ca_file: typing.Optional[str] = None,
     timeout: float = _DEFAULT_TIMEOUT,
     offline: bool = False,
+    key_password: _KeyPassword = None,
 ) -> typing.List[CheckResult]:
     """Check a JWT bearer setup step by step and name the fix for each failure.
 
-    Checks the key, the certificate uploaded to the Connected App (if
+    Checks the key (decrypted with ``key_password`` if it is encrypted), its
+    container and any certificate stored with it, the certificate uploaded to the Connected App (if
     ``cert_file`` is given), the claims and whether login URL, username and
     audience agree. Unless ``offline``: TLS to the login host with the CA store
     in use, the proxy in effect, the clock against the login host's ``Date``,
@@ -2499,7 +3518,7 @@ def check_setup(
         The results, in order. Nothing is raised for a failed check.
     """
     results = []  # type: typing.List[CheckResult]
-    key = _check_key(private_key, results)
+    key = _check_key(private_key, key_password, results)
     if cert_file is not None:
         _check_certificate(cert_file, key, results)
     else:
@@ -2524,21 +3543,28 @@ def check_setup(
     return results
 
 
-def _check_key(private_key: typing.Any, results: typing.List[CheckResult]) -> typing.Optional[SigningKey]:
+def _check_key(
+    private_key: typing.Any, password: _KeyPassword, results: typing.List[CheckResult]
+) -> typing.Optional[SigningKey]:
     container = ""
+    certificates = []  # type: typing.List[bytes]
     try:
         if isinstance(private_key, (SigningKey, rsa.PrivateKey)):
             key = load_private_key(private_key)
         else:
+            _check_password_type(password)
             data, origin = _read_key_source(private_key)
-            key = _key_from_bytes(data, origin, nested=False)  # check reports the file mode itself
-            container = _describe_key_container(data) + ", "
+            key = _key_from_bytes(data, origin, False, password)  # check reports the file mode itself
+            container, certificates = _describe_key_container(data, password, origin)
+            container += ", "
     except InvalidKeyError as error:
         results.append(CheckResult("key", "FAIL", str(error)))
         return None
     size = "WARN" if key.bits < 2048 else "PASS"
     advice = ": make a 2048-bit key with 'sf-jwt keygen'" if key.bits < 2048 else ""
     results.append(CheckResult("key", size, "RSA {} bits, {}{}{}".format(key.bits, container, key.fingerprint, advice)))
+    if certificates:
+        results.append(_check_certificates_in_key_file(certificates, key))
 
     if isinstance(private_key, (str, os.PathLike)) and os.path.isfile(os.fspath(private_key)):
         path = os.fspath(private_key)
@@ -2551,20 +3577,71 @@ def _check_key(private_key: typing.Any, results: typing.List[CheckResult]) -> ty
     return key
 
 
-def _describe_key_container(data: bytes) -> str:
-    """Name the container of key data that loaded: PKCS#1 or PKCS#8, in PEM or DER."""
+def _describe_key_container(
+    data: bytes, password: _KeyPassword, origin: _KeyOrigin
+) -> typing.Tuple[str, typing.List[bytes]]:
+    """Name the container of key data that loaded, and return the DER of the certificates stored in it."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     if data[:1] == b"\x30":
-        try:
-            tags = [tag for tag, _ in _der_sequence(data)][:3]
-        except _DERError:
-            return "DER"
-        return "PKCS#1 DER" if tags == [_TAG_INTEGER] * 3 else "PKCS#8 DER"
+        return _describe_der_container(data, password, origin)
+
     text = _decode_text(data) or ""
-    if "BEGIN RSA PRIVATE KEY" in text:
-        return "PKCS#1 PEM"
-    if "BEGIN PRIVATE KEY" in text:
-        return "PKCS#8 PEM"
-    return "base64-encoded file"
+    if "-----BEGIN" not in text:
+        decoded = base64.b64decode("".join(text.split()))
+        container, certificates = _describe_key_container(decoded, password, origin)
+        return container + " in base64", certificates
+
+    blocks = _pem_blocks(text, origin)
+    certificates = [_pem_block_der(block, origin) for block in blocks if block.label == "CERTIFICATE"]
+    key_block = [block for block in blocks if block.label.endswith("PRIVATE KEY")][0]
+    if key_block.label == "ENCRYPTED PRIVATE KEY":
+        return "encrypted PKCS#8 PEM", certificates
+    kind = "PKCS#1" if key_block.label == "RSA PRIVATE KEY" else "PKCS#8"
+    if "ENCRYPTED" in key_block.headers.get("Proc-Type", ""):
+        cipher = key_block.headers.get("DEK-Info", "").partition(",")[0].strip()
+        return "{} PEM encrypted by OpenSSL with {}".format(kind, cipher), certificates
+    return kind + " PEM", certificates
+
+
+def _describe_der_container(
+    data: bytes, password: _KeyPassword, origin: _KeyOrigin
+) -> typing.Tuple[str, typing.List[bytes]]:
+    tags = [tag for tag, _ in _der_sequence(data)][:3]
+    if tags == [_TAG_INTEGER] * 3:
+        return "PKCS#1 DER", []
+    if tags == [_TAG_INTEGER, _TAG_SEQUENCE, _TAG_OCTET_STRING]:
+        return "PKCS#8 DER", []
+    if tags[:2] == [_TAG_SEQUENCE, _TAG_OCTET_STRING]:
+        return "encrypted PKCS#8 DER", []
+
+    _, certificates = _keys_from_pkcs12(data, password, origin)
+    if not certificates:
+        return "PKCS#12 with no readable certificate (parts encrypted with RC2 are skipped)", []
+    return "PKCS#12", certificates
+
+
+def _check_certificates_in_key_file(certificate_ders: typing.List[bytes], key: SigningKey) -> CheckResult:
+    """Compare the certificates stored with the key (in a PEM or PKCS#12 file) with the key."""
+    parsed = []
+    for der in certificate_ders:
+        try:
+            parsed.append(_parse_certificate(der))
+        except _DERError:
+            continue
+    matching = [certificate for certificate in parsed if (certificate.n, certificate.e) == key.public_numbers]
+    if not matching:
+        return CheckResult(
+            "key file cert", "WARN", "the key file contains {} certificate(s), and none of them is for this key: "
+            "upload the certificate made with this key to the Connected App, not these".format(len(certificate_ders))
+        )
+
+    until = matching[0].not_after.date().isoformat()
+    if matching[0].not_after < datetime.datetime.now(datetime.timezone.utc):
+        return CheckResult("key file cert", "WARN", "the key file contains the certificate of this key, which "
+                           "expired on {}".format(until))
+    return CheckResult("key file cert", "PASS", "the key file contains the certificate of this key, valid until "
+                       "{}".format(until))
 
 
 def _check_certificate(cert_file: str, key: typing.Optional[SigningKey], results: typing.List[CheckResult]) -> None:
@@ -2771,6 +3848,7 @@ def _build_parser() -> typing.Any:
     verify_with = decode.add_mutually_exclusive_group()
     verify_with.add_argument("--cert", metavar="FILE", help="verify the signature with this X.509 certificate")
     verify_with.add_argument("--jwt-key-file", "-f", metavar="FILE", help="verify the signature with this private key")
+    _add_password_argument(decode)
     decode.set_defaults(run=_run_decode)
 
     keygen = commands.add_parser("keygen", help="make a private key and a certificate for a Connected App")
@@ -2802,7 +3880,9 @@ def _add_login_arguments(parser: typing.Any) -> None:
     parser.add_argument("--client-id", "-i", metavar="KEY", help="Connected App consumer key [SF_CLIENT_ID]")
     parser.add_argument("--username", "-o", metavar="USER", help="Salesforce username [SF_USERNAME]")
     parser.add_argument("--jwt-key-file", "-f", metavar="FILE",
-                        help="private key file, PEM or DER [SF_JWT_KEY_FILE, or the key itself in SF_JWT_KEY]")
+                        help="private key file: PEM, DER or PKCS#12, encrypted or not [SF_JWT_KEY_FILE, or the key "
+                        "itself in SF_JWT_KEY]")
+    _add_password_argument(parser)
     parser.add_argument("--login-url", "--instance-url", "-r", metavar="URL",
                         help="login host or My Domain URL [SF_LOGIN_URL] (default: https://login.salesforce.com)")
     parser.add_argument("--sandbox", action="store_true", help="log in to a sandbox: https://test.salesforce.com")
@@ -2810,17 +3890,25 @@ def _add_login_arguments(parser: typing.Any) -> None:
                         help="aud claim, when it differs from what the login URL implies [SF_AUDIENCE_URL]")
 
 
+def _add_password_argument(parser: typing.Any) -> None:
+    parser.add_argument("--jwt-key-password-file", metavar="FILE",
+                        help="file whose first line is the password of an encrypted key or PKCS#12 file "
+                        "[SF_JWT_KEY_PASSWORD holds the password itself]; without either, sf-jwt asks for the "
+                        "password when stdin is a terminal")
+
+
 def _version_text() -> str:
     return "sf-jwt {} (rsa {}, Python {})".format(__version__, rsa.__version__, sys.version.split()[0])
 
 
 def _login_settings(
-    args: typing.Any, environ: typing.Mapping[str, str], normalize_login_url: bool = True
+    args: typing.Any, environ: typing.Mapping[str, str], for_check: bool = False
 ) -> typing.Dict[str, typing.Any]:
     """Combine options and environment variables; options win.
 
-    With normalize_login_url False, a bad login URL is passed on as it is, for
-    check to report.
+    The key is loaded here, asking for its password in a terminal if needed.
+    With for_check, the key source and its password are passed on instead,
+    and a bad login URL is kept, for check to report.
     """
     def setting(option: typing.Optional[str], variable: str) -> typing.Optional[str]:
         return option if option else (environ.get(variable) or None)
@@ -2829,17 +3917,13 @@ def _login_settings(
         raise ConfigurationError("pass either --sandbox or --login-url, not both")
     login_url = _SANDBOX_LOGIN_URL if args.sandbox else setting(args.login_url, "SF_LOGIN_URL")
 
-    key = setting(args.jwt_key_file, "SF_JWT_KEY_FILE")  # type: typing.Any
-    if key is None and "SF_JWT_KEY" in environ:
-        key = _key_from_environment(environ["SF_JWT_KEY"])
-
     settings = {
         "client_id": setting(args.client_id, "SF_CLIENT_ID"),
         "username": setting(args.username, "SF_USERNAME"),
-        "private_key": key,
+        "private_key": setting(args.jwt_key_file, "SF_JWT_KEY_FILE"),
         "login_url": login_url or _PRODUCTION_LOGIN_URL,
         "audience": setting(args.audience, "SF_AUDIENCE_URL"),
-    }
+    }  # type: typing.Dict[str, typing.Any]
     missing = [
         description
         for name, description in (
@@ -2847,16 +3931,85 @@ def _login_settings(
             ("username", "--username or SF_USERNAME (the Salesforce username)"),
             ("private_key", "--jwt-key-file, SF_JWT_KEY_FILE or SF_JWT_KEY (the private key)"),
         )
-        if not settings[name]
+        if not settings[name] and (name != "private_key" or "SF_JWT_KEY" not in environ)
     ]
     if missing:
         raise ConfigurationError("missing: " + "; ".join(missing))
-    if normalize_login_url:
+
+    password = _key_password(args, environ)
+    if settings["private_key"] is None:
+        value = environ["SF_JWT_KEY"]
+        settings["private_key"] = _load_with_prompt(lambda entered: _key_from_environment(value, entered), password)
+    elif for_check:
+        settings["key_password"] = _password_for_check(settings["private_key"], password)
+    else:
+        path = settings["private_key"]
+        settings["private_key"] = _load_with_prompt(lambda entered: load_private_key(path, entered), password)
+
+    if not for_check:
         settings["login_url"] = _normalized_login_url(settings["login_url"])
     return settings
 
 
-def _key_from_environment(value: str) -> SigningKey:
+def _key_password(args: typing.Any, environ: typing.Mapping[str, str]) -> _KeyPassword:
+    """Return the key password from --jwt-key-password-file or SF_JWT_KEY_PASSWORD, or None."""
+    path = getattr(args, "jwt_key_password_file", None)
+    if path:
+        return _read_password_file(path)
+    if "SF_JWT_KEY_PASSWORD" in environ:
+        _logger.debug("using the key password from SF_JWT_KEY_PASSWORD")
+        return environ["SF_JWT_KEY_PASSWORD"]
+    return None
+
+
+def _read_password_file(path: str) -> bytes:
+    """Return the first line of a password file, without its line end, as openssl's -passin file: does."""
+    data = _read_small_file(path, "password file", ConfigurationError)
+    _warn_if_shared(path, "password file")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    line = data.split(b"\n", 1)[0]
+    _logger.debug("using the key password from %s", path)
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+def _load_with_prompt(load: typing.Callable[[_KeyPassword], SigningKey], password: _KeyPassword) -> SigningKey:
+    """Load a key; if it is encrypted, no password was given and stdin is a terminal, ask for the password."""
+    try:
+        return load(password)
+    except _MissingPasswordError as error:
+        if not _can_prompt():
+            raise
+        return load(_prompt_password(error))
+
+
+def _password_for_check(source: str, password: _KeyPassword) -> _KeyPassword:
+    """Ask for the password of an encrypted key file in a terminal, so that check can decrypt it."""
+    if password is not None or not _can_prompt():
+        return password
+    try:
+        load_private_key(source)
+    except _MissingPasswordError as error:
+        return _prompt_password(error)
+    except InvalidKeyError:
+        pass  # check reports it
+    return None
+
+
+def _can_prompt() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def _prompt_password(error: _MissingPasswordError) -> str:
+    import getpass
+
+    try:
+        return getpass.getpass("Password for {}: ".format(error.description))
+    except EOFError:  # Ctrl-D at the prompt
+        raise error from None
+
+
+def _key_from_environment(value: str, password: _KeyPassword) -> SigningKey:
     """Load the key that SF_JWT_KEY contains, with messages that name the variable."""
     if not value.strip():
         raise InvalidKeyError("SF_JWT_KEY is set but empty: check that the CI secret or variable with the key exists")
@@ -2866,7 +4019,7 @@ def _key_from_environment(value: str) -> SigningKey:
             "itself".format(value.strip())
         )
     _logger.debug("using the private key from SF_JWT_KEY")
-    return _key_from_bytes(value.encode("utf-8"), _KeyOrigin("the key in SF_JWT_KEY", None), nested=False)
+    return _key_from_bytes(value.encode("utf-8"), _KeyOrigin("the key in SF_JWT_KEY", None), False, password)
 
 
 def _run_token(args: typing.Any) -> int:
@@ -2916,7 +4069,9 @@ def _run_decode(args: typing.Any) -> int:
         certificate = _load_certificate(args.cert)
         numbers = certificate.n, certificate.e
     elif args.jwt_key_file:
-        numbers = load_private_key(args.jwt_key_file).public_numbers
+        path = args.jwt_key_file
+        password = _key_password(args, os.environ)
+        numbers = _load_with_prompt(lambda entered: load_private_key(path, entered), password).public_numbers
     valid = numbers is not None and header.get("alg") == "RS256" and _verify_rs256(signing_input, signature, *numbers)
     if numbers is None:
         result["signature"] = "not checked"
@@ -3015,7 +4170,7 @@ def _write_new_file(path: str, data: bytes, mode: int, replace: bool) -> None:
 
 
 def _run_check(args: typing.Any) -> int:
-    settings = _login_settings(args, os.environ, normalize_login_url=False)
+    settings = _login_settings(args, os.environ, for_check=True)
     results = check_setup(cert_file=args.cert, ca_file=args.ca_file, timeout=args.timeout, offline=args.offline,
                           **settings)
 

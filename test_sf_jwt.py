@@ -971,9 +971,6 @@ WRONG_KEY_FILES = [
     ("ed25519_key.pem", ["rsa"]),
     ("dsa_key.pem", ["rsa"]),
     ("rsa_pss_key.pem", ["rsa"]),
-    ("jwt_key_encrypted_pkcs8.pem", ["encrypted", "openssl pkcs8"]),
-    ("jwt_key_encrypted_pkcs1.pem", ["encrypted", "openssl rsa"]),
-    ("jwt_key.p12", ["pkcs#12", "openssl pkcs12"]),
     ("openssh_key", ["openssh", "ssh-keygen"]),
     ("rsa_multiprime.pem", ["prime"]),
 ]
