@@ -1488,7 +1488,11 @@ def _evp_bytes_to_key(password: bytes, salt: bytes, size: int) -> bytes:
     derived = b""
     block = b""
     while len(derived) < size:
-        block = hashlib.md5(block + password + salt).digest()
+        if sys.version_info >= (3, 9):
+            # MD5 derives a key here, which Python builds in FIPS mode allow only with this flag.
+            block = hashlib.md5(block + password + salt, usedforsecurity=False).digest()
+        else:
+            block = hashlib.md5(block + password + salt).digest()
         derived += block
     return derived[:size]
 
@@ -1746,7 +1750,15 @@ def _decrypt_traditional_pem(
     if password is None:
         _raise_password(origin, password)
 
-    key = _evp_bytes_to_key(_password_forms(password).utf8, iv[:8], _CBC_KEY_SIZES[cipher])
+    try:
+        key = _evp_bytes_to_key(_password_forms(password).utf8, iv[:8], _CBC_KEY_SIZES[cipher])
+    except ValueError:  # MD5 blocked, as in FIPS mode before Python 3.9
+        command = "openssl pkcs8 -topk8 -v2 aes-256-cbc -in {} -out key-pkcs8.pem".format(origin.command_path())
+        raise InvalidKeyError(
+            "{} is encrypted with an MD5-derived key, and this Python blocks MD5: convert it to encrypted "
+            "PKCS#8 by running '{}' and pass the new file".format(origin.description, command)
+        ) from None
+
     try:
         plaintext = _cbc_decrypt(cipher, key, iv, ciphertext)
         _check_decrypted(plaintext, [_TAG_INTEGER])
@@ -1827,6 +1839,8 @@ def _read_pfx(
     authenticated_safe = _octet_string(content)
 
     candidates = _pkcs12_passwords(password)
+    # NOTE: only the password that matches the MAC decrypts, so a file made with
+    # 'openssl pkcs12 -twopass' (another password for the MAC) reports a wrong password.
     chosen = _verify_pfx_mac(fields[2], authenticated_safe, candidates) if len(fields) == 3 else candidates[0]
 
     keys = []  # type: typing.List[bytes]
@@ -3936,19 +3950,28 @@ def _login_settings(
     if missing:
         raise ConfigurationError("missing: " + "; ".join(missing))
 
-    password = _key_password(args, environ)
-    if settings["private_key"] is None:
-        value = environ["SF_JWT_KEY"]
-        settings["private_key"] = _load_with_prompt(lambda entered: _key_from_environment(value, entered), password)
-    elif for_check:
-        settings["key_password"] = _password_for_check(settings["private_key"], password)
-    else:
-        path = settings["private_key"]
-        settings["private_key"] = _load_with_prompt(lambda entered: load_private_key(path, entered), password)
-
+    _load_key_setting(settings, args, environ, for_check)
     if not for_check:
         settings["login_url"] = _normalized_login_url(settings["login_url"])
     return settings
+
+
+def _load_key_setting(
+    settings: typing.Dict[str, typing.Any], args: typing.Any, environ: typing.Mapping[str, str], for_check: bool
+) -> None:
+    """Replace the key file path, or the absent path when SF_JWT_KEY is set, with the loaded key.
+
+    For check, a key file stays a path, and its password is added as key_password.
+    """
+    password = _key_password(args, environ)
+    path = settings["private_key"]
+    if path is None:
+        value = environ["SF_JWT_KEY"]
+        settings["private_key"] = _load_with_prompt(lambda entered: _key_from_environment(value, entered), password)
+    elif for_check:
+        settings["key_password"] = _password_for_check(path, password)
+    else:
+        settings["private_key"] = _load_with_prompt(lambda entered: load_private_key(path, entered), password)
 
 
 def _key_password(args: typing.Any, environ: typing.Mapping[str, str]) -> _KeyPassword:

@@ -1100,6 +1100,7 @@ KEY_PASSWORD = "fixture-password"
 _WRONG_KEY_PASSWORD = "wrong-password-8d41"
 ENCRYPTED_FIXTURES = ["jwt_key_encrypted_pkcs8.pem", "jwt_key_encrypted_pkcs1.pem", "jwt_key.p12"]
 _TEST_ORIGIN = sf_jwt._KeyOrigin("the key file test.key", "test.key")
+JWT_CERT_DER = (TESTDATA / "jwt_cert.der").read_bytes()
 _MALFORMED = (sf_jwt.InvalidKeyError, sf_jwt._DERError)
 MISSING_PASSWORD_MESSAGE = (
     "{} is encrypted: pass its password with --jwt-key-password-file FILE or the SF_JWT_KEY_PASSWORD variable "
@@ -1271,6 +1272,45 @@ def test_password_with_lone_surrogate():
         sf_jwt.load_private_key(TESTDATA / "jwt_key.p12", "p\ud800")
 
     assert str(caught.value) == "the password contains an unpaired surrogate character"
+
+
+def test_md5_blocked_gives_conversion_command(monkeypatch):
+    # Python builds in FIPS mode reject MD5; this machine's does not, so the rejection is simulated.
+    def blocked_md5(*args, **kwargs):
+        raise ValueError("[digital envelope routines] unsupported")
+
+    monkeypatch.setattr(hashlib, "md5", blocked_md5)
+    path = TESTDATA / "jwt_key_encrypted_pkcs1.pem"
+    with pytest.raises(sf_jwt.InvalidKeyError) as caught:
+        sf_jwt.load_private_key(path, KEY_PASSWORD)
+
+    assert str(caught.value) == (
+        "the key file {0} is encrypted with an MD5-derived key, and this Python blocks MD5: convert it to "
+        "encrypted PKCS#8 by running 'openssl pkcs8 -topk8 -v2 aes-256-cbc -in {0} -out key-pkcs8.pem' and pass "
+        "the new file".format(path)
+    )
+
+
+@pytest.mark.parametrize("name, data, expected", [
+    ("jwt_key_pkcs1.pem", None, "PKCS#1 PEM"),
+    ("jwt_key_pkcs8.der", None, "PKCS#8 DER"),
+    ("jwt_key_encrypted_pkcs8.pem", None, "encrypted PKCS#8 PEM"),
+    ("jwt_key_encrypted_pkcs1.pem", None, "PKCS#1 PEM encrypted by OpenSSL with AES-256-CBC"),
+    ("jwt_key.p12", None, "PKCS#12"),
+    ("jwt_key.p12", "base64", "PKCS#12 in base64"),
+    ("jwt_key_encrypted_pkcs8.pem", "DER", "encrypted PKCS#8 DER"),
+])
+def test_key_container_described(name, data, expected):
+    raw = (TESTDATA / name).read_bytes()
+    if data == "base64":
+        raw = base64.b64encode(raw)
+    elif data == "DER":
+        raw = _first_pem_der(TESTDATA / name)
+
+    container, certificates = sf_jwt._describe_key_container(raw, KEY_PASSWORD, _TEST_ORIGIN)
+
+    assert container == expected
+    assert certificates == ([JWT_CERT_DER] if name == "jwt_key.p12" else [])
 
 
 def test_cipher_tables_built_on_first_use():
