@@ -64,7 +64,7 @@ with AES-CBC or DES-EDE3-CBC only; RC2, RC4, single DES and scrypt are rejected
 with the openssl command that re-encrypts the key with AES. The private-key
 operation is blinded, but pure-Python arithmetic is not constant time. The
 decryption of key files is not constant time either, and does not try to be:
-it reads a file on the machine that already holds the key.
+it reads a file on the machine that already stores the key.
 """
 
 import base64
@@ -520,7 +520,7 @@ def load_private_key(source: typing.Any, password: _KeyPassword = None) -> Signi
 
     Raises:
         InvalidKeyError: The input is not a usable RSA private key, or it is
-            encrypted and the password is missing or wrong. The message says
+            encrypted and the password is missing or wrong. The message names
             what was found and how to fix it.
     """
     if isinstance(source, SigningKey):
@@ -545,8 +545,14 @@ class _KeyOrigin(typing.NamedTuple("_KeyOrigin", [("description", str), ("path",
         return '"{}"'.format(path) if " " in path else path
 
 
+class _EnvironmentKeyText(str):
+    """Key text from SF_JWT_KEY, which load_private_key names as such in its messages."""
+
+
 def _read_key_source(source: typing.Any) -> typing.Tuple[bytes, _KeyOrigin]:
     """Return the key data and where it came from."""
+    if isinstance(source, _EnvironmentKeyText):
+        return source.encode("utf-8"), _KeyOrigin("the key in SF_JWT_KEY", None)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), _KeyOrigin("the key data", None)
     if isinstance(source, str) and not source.strip():
@@ -984,16 +990,17 @@ def _as_signing_key(key: typing.Any) -> SigningKey:
 # DES/3DES (FIPS 46-3, SP 800-67), in pure Python. Their tables are built on
 # first use, so importing the module costs nothing.
 
-# How a missing password is passed, for the error message.
+# The ways to pass a password, named in the missing-password message.
 _PASSWORD_HOW_TO = (
     "--jwt-key-password-file FILE or the SF_JWT_KEY_PASSWORD variable (sf-jwt), or the password argument "
     "(load_private_key)"
 )
 
 # Iteration counts above these fail at once, so that a corrupt count cannot
-# hang the program. OpenSSL 3.0 writes 2048. PBKDF2 runs in hashlib's C code
-# (10 million HMAC-SHA256 rounds take about 3 s); the PKCS#12 KDF runs in
-# Python (1 million SHA-1 rounds take about 1 s per derived key).
+# hang the program. OpenSSL 3.0 writes 2048. PBKDF2 runs in hashlib's C code,
+# where 1 million HMAC-SHA256 rounds took 0.35 s on a shared server. The
+# PKCS#12 KDF runs in Python, where 1 million SHA-1 rounds took 0.6 s per
+# 20 bytes of derived key on the same server.
 _MAX_PBKDF2_ITERATIONS = 10000000
 _MAX_PKCS12_KDF_ITERATIONS = 1000000
 
@@ -1076,7 +1083,7 @@ class _UnsupportedEncryptionError(Exception):
 
 
 class _MissingPasswordError(InvalidKeyError):
-    """The key is encrypted and no password was given; the command line asks for one in a terminal."""
+    """The key is encrypted and no password was given. The command line then prompts for one in a terminal."""
 
     def __init__(self, message: str, description: str) -> None:
         InvalidKeyError.__init__(self, message)
@@ -1098,7 +1105,7 @@ def _password_forms(password: typing.Union[str, bytes]) -> _Password:
     A str becomes UTF-8. Its surrogate escapes, which os.environ uses on POSIX
     for bytes that are not UTF-8, become those bytes again. The BMPString is
     UTF-16-BE with two zero bytes at the end (RFC 7292 appendix B.1). For
-    bytes that are not UTF-8 it holds one character per byte, which is what
+    bytes that are not UTF-8 it contains one character per byte, which is what
     OpenSSL 3.0 does with such a password.
     """
     if isinstance(password, str):
@@ -3826,12 +3833,18 @@ _EXIT_INTERNAL = 70  # a bug in sf_jwt (EX_SOFTWARE of sysexits.h)
 def _build_parser() -> typing.Any:
     import argparse
 
+    # Without abbreviations, a mistyped option such as --jwt-key-password cannot
+    # pass its value, perhaps a password, to --jwt-key-password-file. NOTE:
+    # Python 3.6 and 3.7 keep abbreviations, because there allow_abbrev=False
+    # also breaks short options with an attached value, such as -fserver.key.
+    no_abbreviations = {"allow_abbrev": False} if sys.version_info >= (3, 8) else {}  # type: typing.Dict[str, typing.Any]
     parser = argparse.ArgumentParser(
         prog="sf-jwt",
         description="Log in to Salesforce with the OAuth 2.0 JWT bearer flow.",
         epilog="Exit codes: 0 success, 1 rejected by Salesforce (or a signature that does not verify, or a "
         "failed check), "
         "2 bad usage or input, 3 network, TLS or server failure.",
+        **no_abbreviations
     )
     parser.add_argument("--version", action="version", version=_version_text())
     verbose = {"action": "store_true", "help": "log each step to stderr (never secrets)"}  # type: typing.Dict[str, typing.Any]
@@ -3839,7 +3852,7 @@ def _build_parser() -> typing.Any:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True  # Python 3.6 has no required= argument for add_subparsers
 
-    token = commands.add_parser("token", help="log in and print the access token")
+    token = commands.add_parser("token", help="log in and print the access token", **no_abbreviations)
     _add_login_arguments(token)
     token.add_argument("--ca-file", metavar="FILE",
                        help="PEM bundle of CA certificates to trust instead of the system store")
@@ -3853,11 +3866,12 @@ def _build_parser() -> typing.Any:
                        "lines; token: the bare access token (default: json)")
     token.set_defaults(run=_run_token)
 
-    assertion = commands.add_parser("assertion", help="print a signed assertion (no network)")
+    assertion = commands.add_parser("assertion", help="print a signed assertion (no network)", **no_abbreviations)
     _add_login_arguments(assertion)
     assertion.set_defaults(run=_run_assertion)
 
-    decode = commands.add_parser("decode", help="print the header and claims of a JWT and check its signature")
+    decode = commands.add_parser("decode", help="print the header and claims of a JWT and check its signature",
+                                 **no_abbreviations)
     decode.add_argument("jwt", metavar="JWT", help="the JWT, or - to read it from stdin")
     verify_with = decode.add_mutually_exclusive_group()
     verify_with.add_argument("--cert", metavar="FILE", help="verify the signature with this X.509 certificate")
@@ -3865,7 +3879,8 @@ def _build_parser() -> typing.Any:
     _add_password_argument(decode)
     decode.set_defaults(run=_run_decode)
 
-    keygen = commands.add_parser("keygen", help="make a private key and a certificate for a Connected App")
+    keygen = commands.add_parser("keygen", help="make a private key and a certificate for a Connected App",
+                                 **no_abbreviations)
     keygen.add_argument("--out", required=True, metavar="NAME", help="write NAME.key and NAME.crt")
     keygen.add_argument("--bits", type=int, choices=_KEYGEN_BITS, default=2048, help="key size (default: 2048)")
     keygen.add_argument("--days", type=int, default=730, help="days the certificate is valid (default: 730)")
@@ -3874,7 +3889,7 @@ def _build_parser() -> typing.Any:
     keygen.add_argument("--force", action="store_true", help="overwrite NAME.key and NAME.crt if they exist")
     keygen.set_defaults(run=_run_keygen)
 
-    check = commands.add_parser("check", help="check the setup step by step and say what to fix")
+    check = commands.add_parser("check", help="check the setup step by step and say what to fix", **no_abbreviations)
     _add_login_arguments(check)
     check.add_argument("--cert", metavar="FILE", help="the certificate uploaded to the Connected App")
     check.add_argument("--ca-file", metavar="FILE",
@@ -3959,19 +3974,21 @@ def _login_settings(
 def _load_key_setting(
     settings: typing.Dict[str, typing.Any], args: typing.Any, environ: typing.Mapping[str, str], for_check: bool
 ) -> None:
-    """Replace the key file path, or the absent path when SF_JWT_KEY is set, with the loaded key.
+    """Replace the key file path, or the key text of SF_JWT_KEY when no path is set, with the loaded key.
 
-    For check, a key file stays a path, and its password is added as key_password.
+    For check, the path or key text stays, for check to report on, and its
+    password is added as key_password.
     """
     password = _key_password(args, environ)
-    path = settings["private_key"]
-    if path is None:
-        value = environ["SF_JWT_KEY"]
-        settings["private_key"] = _load_with_prompt(lambda entered: _key_from_environment(value, entered), password)
-    elif for_check:
-        settings["key_password"] = _password_for_check(path, password)
+    source = settings["private_key"]
+    if source is None:
+        source = _key_text_from_environment(environ["SF_JWT_KEY"])
+
+    if for_check:
+        settings["private_key"] = source
+        settings["key_password"] = _password_for_check(source, password)
     else:
-        settings["private_key"] = _load_with_prompt(lambda entered: load_private_key(path, entered), password)
+        settings["private_key"] = _load_with_prompt(lambda entered: load_private_key(source, entered), password)
 
 
 def _key_password(args: typing.Any, environ: typing.Mapping[str, str]) -> _KeyPassword:
@@ -4028,12 +4045,13 @@ def _prompt_password(error: _MissingPasswordError) -> str:
 
     try:
         return getpass.getpass("Password for {}: ".format(error.description))
-    except EOFError:  # Ctrl-D at the prompt
+    except EOFError:  # Ctrl-D at the prompt, which getpass leaves without a line end
+        print(file=sys.stderr)
         raise error from None
 
 
-def _key_from_environment(value: str, password: _KeyPassword) -> SigningKey:
-    """Load the key that SF_JWT_KEY contains, with messages that name the variable."""
+def _key_text_from_environment(value: str) -> _EnvironmentKeyText:
+    """Check the value of SF_JWT_KEY and mark it, so that messages about the key name the variable."""
     if not value.strip():
         raise InvalidKeyError("SF_JWT_KEY is set but empty: check that the CI secret or variable with the key exists")
     if not _looks_like_key_text(value) and os.path.isfile(value.strip()):
@@ -4042,7 +4060,7 @@ def _key_from_environment(value: str, password: _KeyPassword) -> SigningKey:
             "itself".format(value.strip())
         )
     _logger.debug("using the private key from SF_JWT_KEY")
-    return _key_from_bytes(value.encode("utf-8"), _KeyOrigin("the key in SF_JWT_KEY", None), False, password)
+    return _EnvironmentKeyText(value)
 
 
 def _run_token(args: typing.Any) -> int:
@@ -4205,6 +4223,17 @@ def _run_check(args: typing.Any) -> int:
     return _EXIT_REJECTED if any(result.status == "FAIL" for result in results) else _EXIT_OK
 
 
+def _describe_unknown_arguments(unknown: typing.List[str]) -> str:
+    """Name the unknown options, but not the values after them, which may be a password given by mistake."""
+    options = [argument.split("=", 1)[0] for argument in unknown if argument.startswith("-")]
+    attached_values = sum(1 for argument in unknown if argument.startswith("-") and "=" in argument)
+    values = len(unknown) - len(options) + attached_values
+    described = " ".join(options)
+    if values:
+        described += "{}{} value{} (not shown)".format(" and " if options else "", values, "" if values == 1 else "s")
+    return described
+
+
 def _print_error(message: typing.Any) -> None:
     print("sf-jwt: error: {}".format(message), file=sys.stderr)
 
@@ -4213,7 +4242,10 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
     """Run the sf-jwt command line and return its exit code."""
     import logging
 
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error("unrecognized arguments: {}".format(_describe_unknown_arguments(unknown)))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="sf-jwt: %(levelname)s: %(message)s",

@@ -2574,7 +2574,8 @@ def _run_cli(args, env=None, stdin=None, invocation="module"):
     else:
         command = [sys.executable, "sf_jwt.py"]
     return subprocess.run(
-        command + list(args), cwd=str(REPO), env=env if env is not None else _clean_env(), input=stdin,
+        command + list(args), cwd=str(REPO), env=env if env is not None else _clean_env(),
+        input=stdin if stdin is not None else "",  # a pipe, never the terminal, so sf-jwt does not prompt
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=SUBPROCESS_TIMEOUT,
     )
 
@@ -5372,3 +5373,566 @@ def test_cli_check_exit_codes(fake, tmp_path):
 def test_check_names_key_container(name, container):
     results = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, str(TESTDATA / name), offline=True)
     assert results[0].message.startswith("RSA 2048 bits, {}, sha256:".format(container))
+
+
+# --- Encrypted keys on the command line and in check ---
+#
+# Every command-line run here gets a pipe as stdin, so sf-jwt prompts for a
+# password only where a test gives it a pseudo-terminal on purpose.
+
+# The container words that check writes in its "key" line for each encrypted fixture.
+ENCRYPTED_CONTAINERS = {
+    "jwt_key_encrypted_pkcs8.pem": "encrypted PKCS#8 PEM",
+    "jwt_key_encrypted_pkcs1.pem": "PKCS#1 PEM encrypted by OpenSSL with AES-256-CBC",
+    "jwt_key.p12": "PKCS#12",
+}
+# Seconds that one pseudo-terminal session may take in all, prompt and output included.
+TERMINAL_TIMEOUT = 20
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+needs_pty = pytest.mark.skipif(os.name != "posix", reason="pseudo-terminals are POSIX only")
+
+
+def _write_password_file(tmp_path, content=b"fixture-password\n", name="key-password.txt"):
+    path = tmp_path / name
+    path.write_bytes(content)
+    path.chmod(0o600)
+    return path
+
+
+def _jwt_key_fingerprint():
+    """Return the fingerprint check prints for the fixture key, computed from its certificate."""
+    spki = _cert_public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def _check_line(status, name, message):
+    """Return one line of check's text output."""
+    return "{:<5} {:<14} {}".format(status, name, message)
+
+
+def _check_args(key_file, *extra):
+    return ["check", "-i", CONSUMER_KEY, "-o", USERNAME, "-f", str(key_file), "--cert", str(JWT_CERT),
+            "--offline"] + list(extra)
+
+
+def _expected_offline_names(has_certificate):
+    """Return the check names of an offline check with --cert, in order."""
+    names = ["key"]
+    if has_certificate:
+        names.append("key file cert")
+    if os.name == "posix":
+        names.append("key file mode")
+    return names + ["certificate", "claims", "org kind"]
+
+
+def _run_in_terminal(args, typed, env=None):
+    """Run the command line in a new pseudo-terminal, type ``typed`` at the password prompt, and return the result.
+
+    The pseudo-terminal is the child's controlling terminal and its stdin,
+    stdout and stderr, as in an interactive shell. ``typed`` is written only
+    after "Password for " appears, because getpass (CPython 3.6 to 3.13) turns
+    echo off before it writes the prompt. Returns (exit code or None after a
+    timeout, the terminal output with CRLF turned into LF).
+    """
+    import fcntl
+    import pty
+    import select
+    import termios
+
+    def take_terminal():
+        # start_new_session made the child a session leader, so it may take the terminal on its stdin.
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sf_jwt"] + list(args), cwd=str(REPO), env=env if env is not None else _clean_env(),
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=take_terminal,
+    )
+    os.close(slave)
+    output = b""
+    typed_yet = False
+    deadline = time.monotonic() + TERMINAL_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            if not typed_yet and b"Password for " in output:
+                os.write(master, typed)
+                typed_yet = True
+            if not select.select([master], [], [], 0.1)[0]:
+                continue
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # Linux raises EIO once the child has closed its side
+                break
+            if not chunk:
+                break
+            output += chunk
+        try:
+            exit_code = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            exit_code = None
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    return exit_code, output.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+# --- token and assertion with a password ---
+
+
+@pytest.mark.parametrize("name", ENCRYPTED_FIXTURES)
+def test_cli_encrypted_key_password_file(fake, tmp_path, name):
+    password_file = _write_password_file(tmp_path)
+    args = _token_args(fake, "--format", "token", "--jwt-key-password-file", str(password_file),
+                       key_file=TESTDATA / name)
+
+    completed = _run_cli(args, stdin="")
+
+    assert completed.returncode == 0, completed.stderr
+    assert len(fake.issued_tokens) == 1
+    assert completed.stdout == fake.issued_tokens[0] + "\n"
+    assert completed.stderr == ""
+
+
+@pytest.mark.parametrize("name", ENCRYPTED_FIXTURES)
+def test_cli_encrypted_key_password_env(fake, name):
+    env = _clean_env(SF_JWT_KEY_PASSWORD=KEY_PASSWORD)
+
+    completed = _run_cli(_token_args(fake, "--format", "token", key_file=TESTDATA / name), env=env, stdin="")
+
+    assert completed.returncode == 0, completed.stderr
+    assert len(fake.issued_tokens) == 1
+    assert completed.stdout == fake.issued_tokens[0] + "\n"
+    assert completed.stderr == ""
+
+
+def test_cli_password_file_beats_env(fake, tmp_path):
+    password_file = _write_password_file(tmp_path)
+    env = _clean_env(SF_JWT_KEY_PASSWORD="not-the-fixture-password")
+    args = _token_args(fake, "--format", "token", "--jwt-key-password-file", str(password_file),
+                       key_file=TESTDATA / "jwt_key.p12")
+
+    completed = _run_cli(args, env=env, stdin="")
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == fake.issued_tokens[0] + "\n"
+
+
+@pytest.mark.parametrize("content", [
+    b"fixture-password\r\n",
+    b"\xef\xbb\xbffixture-password\n",
+    b"\xef\xbb\xbffixture-password\r\n",
+    b"fixture-password\nsecond line is ignored\n",
+    b"fixture-password",
+], ids=["CRLF", "BOM", "BOM and CRLF", "second line", "no line end"])
+@pytest.mark.parametrize("name", ["jwt_key_encrypted_pkcs8.pem", "jwt_key.p12"])
+def test_cli_password_file_line_forms(fake, tmp_path, name, content):
+    password_file = _write_password_file(tmp_path, content)
+    args = _token_args(fake, "--format", "token", "--jwt-key-password-file", str(password_file),
+                       key_file=TESTDATA / name)
+
+    completed = _run_cli(args, stdin="")
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == fake.issued_tokens[0] + "\n"
+
+
+def test_cli_password_file_keeps_spaces(fake, tmp_path):
+    # Only the line end is dropped: a trailing space is part of the password, so this one is wrong.
+    password_file = _write_password_file(tmp_path, b"fixture-password \n")
+    key_file = TESTDATA / "jwt_key_encrypted_pkcs8.pem"
+    args = _token_args(fake, "--jwt-key-password-file", str(password_file), key_file=key_file)
+
+    completed = _run_cli(args, stdin="")
+
+    _assert_clean_failure(completed, 2)
+    assert completed.stderr == "sf-jwt: error: {}\n".format(
+        WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file)))
+    assert fake.requests == []
+
+
+@needs_openssl
+@pytest.mark.parametrize("content", [b"\n", b""], ids=["empty line", "empty file"])
+def test_cli_pkcs12_empty_password(fake, tmp_path, content):
+    key_file = tmp_path / "no-password.p12"
+    _openssl("pkcs12", "-export", "-inkey", KEY_PKCS1, "-in", JWT_CERT, "-passout", "pass:", "-out", key_file)
+    key_file.chmod(0o600)
+    password_file = _write_password_file(tmp_path, content)
+    args = _token_args(fake, "--format", "token", "--jwt-key-password-file", str(password_file), key_file=key_file)
+
+    completed = _run_cli(args, stdin="")
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == fake.issued_tokens[0] + "\n"
+    assert completed.stderr == ""
+
+
+@pytest.mark.parametrize("name", ["jwt_key_encrypted_pkcs8.pem", "jwt_key_encrypted_pkcs1.pem"])
+@pytest.mark.parametrize("escaped", [False, True], ids=["newlines", "escaped newlines"])
+def test_cli_env_key_encrypted(fake, name, escaped):
+    text = (TESTDATA / name).read_text()
+    if escaped:
+        text = text.replace("\n", "\\n")
+    env = _clean_env(SF_JWT_KEY=text, SF_JWT_KEY_PASSWORD=KEY_PASSWORD)
+    args = _without_option(_token_args(fake, "--format", "token"), "--jwt-key-file")
+
+    completed = _run_cli(args, env=env, stdin="")
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == fake.issued_tokens[0] + "\n"
+
+
+def test_cli_env_key_missing_password(fake):
+    env = _clean_env(SF_JWT_KEY=(TESTDATA / "jwt_key_encrypted_pkcs8.pem").read_text())
+    args = _without_option(_token_args(fake), "--jwt-key-file")
+
+    completed = _run_cli(args, env=env, stdin="")
+
+    _assert_clean_failure(completed, 2)
+    assert completed.stderr == "sf-jwt: error: {}\n".format(MISSING_PASSWORD_MESSAGE.format("the key in SF_JWT_KEY"))
+    assert fake.requests == []
+
+
+# --- Missing, wrong and unreadable passwords ---
+
+
+@pytest.mark.parametrize("name", ENCRYPTED_FIXTURES)
+def test_cli_encrypted_key_without_password(fake, name):
+    key_file = TESTDATA / name
+
+    completed = _run_cli(_token_args(fake, key_file=key_file), stdin="")
+
+    _assert_clean_failure(completed, 2)
+    assert completed.stderr == "sf-jwt: error: {}\n".format(
+        MISSING_PASSWORD_MESSAGE.format("the key file {}".format(key_file)))
+    assert completed.stdout == ""
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+@pytest.mark.parametrize("name", ENCRYPTED_FIXTURES)
+def test_cli_encrypted_key_wrong_password(fake, tmp_path, name, source):
+    wrong_password = "wrong-Password-8d41c7"
+    key_file = TESTDATA / name
+    args = ["-v"] + _token_args(fake, key_file=key_file)
+    env = _clean_env()
+    if source == "file":
+        args += ["--jwt-key-password-file", str(_write_password_file(tmp_path, wrong_password.encode("ascii")))]
+    else:
+        env["SF_JWT_KEY_PASSWORD"] = wrong_password
+
+    completed = _run_cli(args, env=env, stdin="")
+
+    _assert_clean_failure(completed, 2)
+    error_line = "sf-jwt: error: {}".format(WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file)))
+    assert completed.stderr.splitlines()[-1] == error_line
+    assert wrong_password not in completed.stderr
+    assert wrong_password not in completed.stdout
+    assert fake.requests == []
+
+
+def test_cli_password_file_not_found(fake, tmp_path):
+    missing = tmp_path / "no-such-password.txt"
+    args = _token_args(fake, "--jwt-key-password-file", str(missing), key_file=TESTDATA / "jwt_key.p12")
+
+    completed = _run_cli(args, stdin="")
+
+    _assert_clean_failure(completed, 2)
+    assert "password file not found" in completed.stderr
+    assert str(missing) in completed.stderr
+    assert fake.requests == []
+
+
+def test_cli_shared_password_file_warns(fake, tmp_path):
+    if os.name != "posix":
+        pytest.skip("file modes are POSIX only")
+    password_file = _write_password_file(tmp_path)
+    password_file.chmod(0o644)
+    args = _token_args(fake, "--format", "token", "--jwt-key-password-file", str(password_file),
+                       key_file=TESTDATA / "jwt_key.p12")
+
+    completed = _run_cli(args, stdin="")
+
+    assert completed.returncode == 0, completed.stderr
+    warnings = [line for line in completed.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1
+    assert "password file {}".format(password_file) in warnings[0]
+    assert "chmod 600 {}".format(password_file) in warnings[0]
+    assert KEY_PASSWORD not in completed.stderr
+    assert completed.stdout == fake.issued_tokens[0] + "\n"
+
+
+# --- The password prompt in a terminal ---
+
+
+@needs_pty
+@pytest.mark.parametrize("source", ENCRYPTED_FIXTURES + ["SF_JWT_KEY"])
+def test_cli_prompt_reads_password(source):
+    args = ["assertion", "--client-id", CONSUMER_KEY, "--username", USERNAME]
+    if source == "SF_JWT_KEY":
+        env = _clean_env(SF_JWT_KEY=(TESTDATA / "jwt_key_encrypted_pkcs8.pem").read_text())
+        prompt = "Password for the key in SF_JWT_KEY: "
+    else:
+        env = _clean_env()
+        args += ["--jwt-key-file", str(TESTDATA / source)]
+        prompt = "Password for the key file {}: ".format(TESTDATA / source)
+
+    exit_code, output = _run_in_terminal(args, KEY_PASSWORD.encode("ascii") + b"\n", env=env)
+
+    assert exit_code == 0, output
+    assert output.startswith(prompt + "\n"), output
+    assert KEY_PASSWORD not in output
+    assertion = output[len(prompt) + 1:].strip()
+    claims = jwt.decode(assertion, _cert_public_key(), algorithms=["RS256"], audience=LOGIN_AUDIENCE)
+    assert claims["iss"] == CONSUMER_KEY
+    assert claims["sub"] == USERNAME
+
+
+@needs_pty
+def test_cli_prompt_ctrl_d_fails():
+    key_file = TESTDATA / "jwt_key_encrypted_pkcs1.pem"
+    args = _assertion_args()
+    args[args.index(str(KEY_PKCS1))] = str(key_file)
+
+    exit_code, output = _run_in_terminal(args, b"\x04")
+
+    assert exit_code == 2, output
+    assert output.startswith("Password for the key file {}: ".format(key_file)), output
+    assert "sf-jwt: error: {}\n".format(MISSING_PASSWORD_MESSAGE.format("the key file {}".format(key_file))) in output
+    assert "Traceback" not in output
+
+
+@needs_pty
+def test_cli_prompt_wrong_password_fails():
+    key_file = TESTDATA / "jwt_key.p12"
+    wrong_password = "wrong-Password-5e02ab"
+    args = _assertion_args()
+    args[args.index(str(KEY_PKCS1))] = str(key_file)
+
+    exit_code, output = _run_in_terminal(args, wrong_password.encode("ascii") + b"\n")
+
+    assert exit_code == 2, output
+    assert "sf-jwt: error: {}\n".format(WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file))) in output
+    assert wrong_password not in output
+
+
+@needs_pty
+def test_cli_check_prompts_for_password():
+    key_file = TESTDATA / "jwt_key.p12"
+
+    exit_code, output = _run_in_terminal(_check_args(key_file), KEY_PASSWORD.encode("ascii") + b"\n")
+
+    assert exit_code == 0, output
+    assert output.startswith("Password for the key file {}: \n".format(key_file)), output
+    assert KEY_PASSWORD not in output
+    key_line = _check_line("PASS", "key", "RSA 2048 bits, PKCS#12, " + _jwt_key_fingerprint())
+    assert key_line in output.splitlines()
+
+
+# --- check with encrypted keys and certificates in the key file ---
+
+
+@pytest.mark.parametrize("name", ENCRYPTED_FIXTURES)
+def test_cli_check_encrypted_key_container(tmp_path, name):
+    password_file = _write_password_file(tmp_path)
+
+    completed = _run_cli(_check_args(TESTDATA / name, "--jwt-key-password-file", str(password_file)), stdin="")
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    container = ENCRYPTED_CONTAINERS[name]
+    assert lines[0] == _check_line("PASS", "key", "RSA 2048 bits, {}, {}".format(container, _jwt_key_fingerprint()))
+    names = [line[6:20].strip() for line in lines]
+    assert names == _expected_offline_names(name.endswith(".p12"))
+    assert [line[:5].strip() for line in lines] == ["PASS"] * len(names)
+    assert completed.stderr == ""
+
+
+@pytest.mark.parametrize("name", ["jwt_key.p12", "jwt_cert_and_key.pem"])
+def test_cli_check_key_file_cert_passes(tmp_path, name):
+    password_file = _write_password_file(tmp_path)
+
+    completed = _run_cli(_check_args(TESTDATA / name, "--jwt-key-password-file", str(password_file)), stdin="")
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    expected = _check_line("PASS", "key file cert",
+                           "the key file contains the certificate of this key, valid until 2036-12-01")
+    assert lines[1] == expected
+
+
+@pytest.mark.parametrize("name", ENCRYPTED_FIXTURES)
+def test_cli_check_without_password_fails(name):
+    key_file = TESTDATA / name
+
+    completed = _run_cli(_check_args(key_file), stdin="")
+
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0] == _check_line("FAIL", "key", MISSING_PASSWORD_MESSAGE.format("the key file {}".format(key_file)))
+    assert [line[6:20].strip() for line in lines] == ["key", "certificate", "claims", "org kind"]
+    assert completed.stderr == ""
+
+
+def test_cli_check_wrong_password_fails(tmp_path):
+    key_file = TESTDATA / "jwt_key_encrypted_pkcs8.pem"
+    password_file = _write_password_file(tmp_path, b"wrong-Password-0a7d19\n")
+
+    completed = _run_cli(_check_args(key_file, "--jwt-key-password-file", str(password_file)), stdin="")
+
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0] == _check_line("FAIL", "key", WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file)))
+    assert "wrong-Password-0a7d19" not in completed.stdout + completed.stderr
+
+
+@needs_openssl
+@pytest.mark.parametrize("name", ["jwt_key_pkcs1.pem", "jwt_key_encrypted_pkcs8.pem"])
+def test_cli_check_other_certificate_warns(tmp_path, name):
+    other_certificate = tmp_path / "other.crt"
+    _openssl("req", "-x509", "-new", "-key", OTHER_KEY, "-subj", "/CN=other", "-days", "1", "-out", other_certificate)
+    key_file = tmp_path / "other-cert-and-jwt-key.pem"
+    key_file.write_bytes(other_certificate.read_bytes() + (TESTDATA / name).read_bytes())
+    key_file.chmod(0o600)
+    password_file = _write_password_file(tmp_path)
+
+    completed = _run_cli(_check_args(key_file, "--jwt-key-password-file", str(password_file)), stdin="")
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0].startswith(_check_line("PASS", "key", "RSA 2048 bits, "))
+    assert lines[1] == _check_line(
+        "WARN", "key file cert", "the key file contains 1 certificate(s), and none of them is for this key: upload "
+        "the certificate made with this key to the Connected App, not these")
+
+
+def test_check_key_file_expired_cert_warns(tmp_path):
+    expired = tmp_path / "expired.crt"
+    _expired_certificate(expired)
+    key_file = tmp_path / "expired-cert-and-key.pem"
+    key_file.write_bytes(expired.read_bytes() + (TESTDATA / "jwt_key_encrypted_pkcs8.pem").read_bytes())
+    key_file.chmod(0o600)
+
+    results = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, private_key=str(key_file), key_password=KEY_PASSWORD,
+                                 offline=True)
+
+    result = {result.name: result for result in results}["key file cert"]
+    assert result.status == "WARN"
+    assert result.message == "the key file contains the certificate of this key, which expired on 2021-01-01"
+
+
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])
+@pytest.mark.parametrize("name", ENCRYPTED_FIXTURES)
+def test_check_setup_key_password(name, as_bytes):
+    password = KEY_PASSWORD.encode("ascii") if as_bytes else KEY_PASSWORD
+
+    results = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, private_key=str(TESTDATA / name), key_password=password,
+                                 cert_file=str(JWT_CERT), offline=True)
+
+    assert [result.name for result in results] == _expected_offline_names(name.endswith(".p12"))
+    assert [result.status for result in results] == ["PASS"] * len(results)
+    expected = "RSA 2048 bits, {}, {}".format(ENCRYPTED_CONTAINERS[name], _jwt_key_fingerprint())
+    assert results[0].message == expected
+
+
+@pytest.mark.parametrize("password, message", [(None, MISSING_PASSWORD_MESSAGE), ("wrong", WRONG_PASSWORD_MESSAGE)],
+                         ids=["missing", "wrong"])
+@pytest.mark.parametrize("name", ENCRYPTED_FIXTURES)
+def test_check_setup_password_fails(name, password, message):
+    path = TESTDATA / name
+
+    results = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, private_key=str(path), key_password=password, offline=True)
+
+    assert results[0].name == "key"
+    assert results[0].status == "FAIL"
+    assert results[0].message == message.format("the key file {}".format(path))
+
+
+# --- decode with an encrypted key ---
+
+
+@pytest.mark.parametrize("signer, signature, exit_code", [(KEY_PKCS1, "valid", 0), (OTHER_KEY, "invalid", 1)],
+                         ids=["fixture key", "other key"])
+def test_cli_decode_pkcs12_key(tmp_path, signer, signature, exit_code):
+    password_file = _write_password_file(tmp_path)
+    args = ["decode", _signed_assertion(signer), "--jwt-key-file", str(TESTDATA / "jwt_key.p12"),
+            "--jwt-key-password-file", str(password_file)]
+
+    completed = _run_cli(args, stdin="")
+
+    assert completed.returncode == exit_code, completed.stderr
+    assert json.loads(completed.stdout)["signature"] == signature
+
+
+def test_cli_decode_encrypted_key_without_password():
+    key_file = TESTDATA / "jwt_key.p12"
+
+    completed = _run_cli(["decode", _signed_assertion(), "--jwt-key-file", str(key_file)], stdin="")
+
+    _assert_clean_failure(completed, 2)
+    assert completed.stderr == "sf-jwt: error: {}\n".format(
+        MISSING_PASSWORD_MESSAGE.format("the key file {}".format(key_file)))
+
+
+# --- Help text: the password comes from a file, the environment or a prompt ---
+
+
+def test_cli_token_help_password_file():
+    completed = _run_cli(["token", "--help"], stdin="")
+
+    assert completed.returncode == 0, completed.stderr
+    assert "--jwt-key-password-file FILE" in completed.stdout
+    assert "SF_JWT_KEY_PASSWORD" in completed.stdout
+
+
+@pytest.mark.parametrize("command, expected", [
+    ([], set()),
+    (["token"], {"--jwt-key-password-file"}),
+    (["assertion"], {"--jwt-key-password-file"}),
+    (["decode"], {"--jwt-key-password-file"}),
+    (["check"], {"--jwt-key-password-file"}),
+    (["keygen"], set()),
+], ids=["sf-jwt", "token", "assertion", "decode", "check", "keygen"])
+def test_cli_help_password_options(command, expected):
+    completed = _run_cli(command + ["--help"], stdin="")
+
+    assert completed.returncode == 0, completed.stderr
+    assert set(re.findall(r"--[\w-]*pass[\w-]*", completed.stdout)) == expected
+    assert "--password" not in completed.stdout
+    assert "--jwt-key-password " not in completed.stdout
+
+
+@pytest.mark.parametrize("password, line", [
+    (None, _check_line("FAIL", "key", MISSING_PASSWORD_MESSAGE.format("the key in SF_JWT_KEY"))),
+    (KEY_PASSWORD, _check_line("PASS", "key", "RSA 2048 bits, encrypted PKCS#8 PEM, {}".format(
+        sf_jwt.load_private_key(KEY_PKCS1).fingerprint))),
+])
+def test_cli_check_env_key_encrypted(password, line):
+    env = _clean_env(SF_JWT_KEY=(TESTDATA / "jwt_key_encrypted_pkcs8.pem").read_text())
+    if password is not None:
+        env["SF_JWT_KEY_PASSWORD"] = password
+    args = _without_option(_check_args(KEY_PKCS1), "-f")
+
+    completed = _run_cli(args, env=env)
+
+    assert completed.returncode == (1 if password is None else 0), completed.stderr
+    assert completed.stdout.splitlines()[0] == line
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--jwt-key-password", KEY_PASSWORD], "--jwt-key-password and 1 value (not shown)"),
+    (["--password=" + KEY_PASSWORD], "--password and 1 value (not shown)"),
+    (["--password", KEY_PASSWORD, "more"], "--password and 2 values (not shown)"),
+    ([KEY_PASSWORD], "1 value (not shown)"),
+])
+def test_cli_unknown_argument_value_hidden(extra, expected):
+    if sys.version_info < (3, 8) and extra[0] == "--jwt-key-password":
+        pytest.skip("Python 3.6 and 3.7 accept abbreviated options, so this is read as --jwt-key-password-file")
+
+    completed = _run_cli(_assertion_args(*extra))
+
+    _assert_clean_failure(completed, 2)
+    assert completed.stderr.splitlines()[-1] == "sf-jwt: error: unrecognized arguments: " + expected
+    assert KEY_PASSWORD not in completed.stderr
