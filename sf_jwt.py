@@ -72,7 +72,6 @@ import binascii
 import contextlib
 import datetime
 import hashlib
-import json
 import math
 import os
 import re
@@ -505,8 +504,8 @@ def load_private_key(source: typing.Any, password: _KeyPassword = None) -> Signi
             certificate before the key. A ``SigningKey`` is returned as it is;
             an ``rsa.PrivateKey`` is checked and wrapped. Encrypted keys are
             decrypted with ``password``: encrypted PKCS#8 (``BEGIN ENCRYPTED
-            PRIVATE KEY``, PBES2 with AES-CBC or DES-EDE3-CBC, or PBES1
-            pbeWithSHAAnd3-KeyTripleDES-CBC), traditional OpenSSL PEM with
+            PRIVATE KEY``, PBES2 with AES-CBC or DES-EDE3-CBC, or the PKCS#12
+            scheme pbeWithSHAAnd3-KeyTripleDES-CBC), traditional OpenSSL PEM with
             ``Proc-Type: 4,ENCRYPTED``, and PKCS#12 (.p12, .pfx) in DER or
             base64. In a PKCS#12 file with several keys, the key whose
             certificate the file contains is used.
@@ -887,8 +886,8 @@ def _key_from_pkcs12(der: bytes, password: _KeyPassword, origin: _KeyOrigin) -> 
     certified = [key for key in keys if key.public_numbers in certified_numbers]
     if len(certified) != 1:
         raise InvalidKeyError(
-            "{} contains {} private keys, and {} of them have their certificate in the file, so the key to "
-            "use is unclear: export only the key whose certificate is uploaded to the Connected App".format(
+            "{} contains {} private keys, and {} of them have a readable certificate in the file, so the key "
+            "to use is unclear: export only the key whose certificate is uploaded to the Connected App".format(
                 origin.description, len(keys), len(certified)
             )
         )
@@ -2111,6 +2110,8 @@ def create_assertion(
         The compact JWS ``header.claims.signature``, each part base64url. The
         header is exactly ``{"alg":"RS256"}``.
     """
+    import json
+
     claims = build_claims(client_id, username, audience=audience, lifetime=lifetime, now=now)
     key = _as_signing_key(key)
 
@@ -2447,6 +2448,8 @@ def _tls_remedy(detail: str, ca_file: typing.Optional[str]) -> str:
 
 def _json_object(body: bytes) -> typing.Optional[typing.Dict[str, typing.Any]]:
     """Parse a JSON object, or return None for anything else."""
+    import json
+
     try:
         value = json.loads(body.decode("utf-8"), parse_int=_bounded_int)
     except (ValueError, RecursionError):
@@ -3061,6 +3064,8 @@ class TokenProvider(object):
         headers: typing.Dict[str, str],
         timeout: float,
     ) -> Response:
+        import json
+
         url = _api_url(token.instance_url, path_or_url)
         headers = dict(headers, Authorization="Bearer " + token.access_token)
 
@@ -3089,6 +3094,8 @@ def _api_request_body(
     data: typing.Any, headers: typing.Optional[typing.Mapping[str, str]]
 ) -> typing.Tuple[typing.Optional[bytes], typing.Dict[str, str]]:
     """Encode a REST request body; a dict or list becomes JSON."""
+    import json
+
     request_headers = {"Accept": "application/json"}
     request_headers.update(headers or {})
     if data is None:
@@ -3190,6 +3197,7 @@ class _TokenCacheFile(object):
 
     def _write_entries(self, entries: typing.Dict[str, typing.Any]) -> None:
         """Replace the file atomically with a new one of mode 0600."""
+        import json
         import tempfile
 
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -4064,6 +4072,7 @@ def _key_text_from_environment(value: str) -> _EnvironmentKeyText:
 
 
 def _run_token(args: typing.Any) -> int:
+    import json
     import shlex
 
     settings = _login_settings(args, os.environ)
@@ -4092,6 +4101,8 @@ def _run_assertion(args: typing.Any) -> int:
 
 
 def _run_decode(args: typing.Any) -> int:
+    import json
+
     if args.jwt == "-":
         jwt = sys.stdin.buffer.read(_MAX_KEY_FILE_BYTES).decode("utf-8", "replace")
     else:
@@ -4211,6 +4222,8 @@ def _write_new_file(path: str, data: bytes, mode: int, replace: bool) -> None:
 
 
 def _run_check(args: typing.Any) -> int:
+    import json
+
     settings = _login_settings(args, os.environ, for_check=True)
     results = check_setup(cert_file=args.cert, ca_file=args.ca_file, timeout=args.timeout, offline=args.offline,
                           **settings)

@@ -1180,6 +1180,17 @@ def test_encrypted_fixture_loads(name, form):
     assert key.fingerprint == sf_jwt.load_private_key(KEY_PKCS1).fingerprint
 
 
+def test_legacy_pkcs12_fixture_loads(caplog):
+    caplog.set_level(logging.INFO, logger="sf_jwt")
+    path = TESTDATA / "jwt_key_legacy.p12"
+
+    key = sf_jwt.load_private_key(path, KEY_PASSWORD)
+
+    assert _numbers_of(key) == _ORIGINAL_NUMBERS
+    assert "skipped a part of the key file {} that is encrypted with pbeWithSHAAnd40BitRC2-CBC, which sf_jwt " \
+        "cannot decrypt".format(path) in caplog.text
+
+
 @pytest.mark.parametrize("name", ENCRYPTED_FIXTURES)
 def test_encrypted_fixture_bytes_password(name):
     key = sf_jwt.load_private_key(TESTDATA / name, KEY_PASSWORD.encode("ascii"))
@@ -1298,6 +1309,7 @@ def test_md5_blocked_gives_conversion_command(monkeypatch):
     ("jwt_key_encrypted_pkcs1.pem", None, "PKCS#1 PEM encrypted by OpenSSL with AES-256-CBC"),
     ("jwt_key.p12", None, "PKCS#12"),
     ("jwt_key.p12", "base64", "PKCS#12 in base64"),
+    ("jwt_key_legacy.p12", None, "PKCS#12 with no readable certificate (parts encrypted with RC2 are skipped)"),
     ("jwt_key_encrypted_pkcs8.pem", "DER", "encrypted PKCS#8 DER"),
 ])
 def test_key_container_described(name, data, expected):
@@ -1690,8 +1702,8 @@ def test_pkcs12_two_keys_unclear(tmp_path, parts_of_first, parts_of_second, cert
         sf_jwt.load_private_key(combined, "x")
 
     assert str(caught.value) == (
-        "the key data contains 2 private keys, and {} of them have their certificate in the file, so the key to "
-        "use is unclear: export only the key whose certificate is uploaded to the Connected App".format(certified)
+        "the key data contains 2 private keys, and {} of them have a readable certificate in the file, so the key "
+        "to use is unclear: export only the key whose certificate is uploaded to the Connected App".format(certified)
     )
 
 

@@ -12,13 +12,17 @@ repository. Every time is the median of repeated runs, and the competitors of on
 comparison run interleaved (in turns, each round in a rotated order) so that machine
 noise hits all of them alike. Every ratio compares two medians of the same run.
 
+It also times load_private_key on the fixture key in encrypted PKCS#8 and PKCS#12
+files, against a fixed target in milliseconds rather than a competitor.
+
 Network: the only server contacted is a fake token endpoint that this script
 starts on 127.0.0.1 with the TLS certificates in testdata/. Every request loop is
 bounded in count and in time.
 
 Exit status: 0 when all correctness checks pass (missed speed targets do not change
-it), 1 when the three signers disagree, a competitor's output does not verify, or
-the token cache let more than one login through.
+it), 1 when the three signers disagree, a competitor's output does not verify, a
+decrypted key differs from testdata/jwt_key_pkcs1.pem, or the token cache let more
+than one login through.
 """
 
 import argparse
@@ -54,6 +58,20 @@ KEY_FILES = {
     2048: os.path.join(TESTDATA, "jwt_key_pkcs1.pem"),
     4096: os.path.join(TESTDATA, "rsa4096.pem"),
 }
+# The key of KEY_FILES[2048] in the containers that section 5 loads. Every
+# encrypted file uses KEY_PASSWORD and 2048 iterations, OpenSSL 3.0's default
+# (testdata/README.md lists the commands):
+# - jwt_key_encrypted_pkcs8.pem: PBES2 with PBKDF2-HMAC-SHA256 and AES-256-CBC.
+# - jwt_key.p12: the key and the certificate under PBES2 with AES-256-CBC, and an
+#   HMAC-SHA256 MAC.
+# - jwt_key_legacy.p12: the key under pbeWithSHAAnd3-KeyTripleDES-CBC, the
+#   certificate under 40-bit RC2 (which sf_jwt skips), and an HMAC-SHA1 MAC.
+# jwt_key_pkcs8.pem is not encrypted and gives the cost of the rest of the loading.
+DECRYPTION_FILES = [
+    os.path.join(TESTDATA, name)
+    for name in ("jwt_key_pkcs8.pem", "jwt_key_encrypted_pkcs8.pem", "jwt_key.p12", "jwt_key_legacy.p12")
+]
+KEY_PASSWORD = "fixture-password"
 SERVER_CERT = os.path.join(TESTDATA, "server.crt")
 SERVER_KEY = os.path.join(TESTDATA, "server.key")
 CA_CERT = os.path.join(TESTDATA, "ca.crt")
@@ -71,6 +89,10 @@ TARGETS = {
     "cold_assertion": 0.80,
     "import": 1.50,
 }
+# Speed target of section 5, in milliseconds. For every key file, the median
+# load_private_key time, warm and as the first call in a fresh process, must be
+# less than this.
+DECRYPTION_TARGET_MS = 100.0
 
 # Repeat counts. "rounds" is the number of samples that each median is taken
 # over, "batch" the number of calls in one timed sample, and "limit" the seconds
@@ -82,6 +104,8 @@ FULL_SETTINGS = {
     "token_rounds": 41, "token_limit": 30.0,
     "cached_rounds": 21, "cached_batch": 20000,
     "thread_trials": 5, "process_trials": 3,
+    "decrypt_rounds": 21, "decrypt_limit": 30.0,
+    "first_call_rounds": 15, "first_call_limit": 60.0,
 }
 QUICK_SETTINGS = {
     "sign_rounds": 7, "sign_batch": {2048: 2, 4096: 1}, "sign_limit": 10.0,
@@ -90,6 +114,8 @@ QUICK_SETTINGS = {
     "token_rounds": 11, "token_limit": 10.0,
     "cached_rounds": 7, "cached_batch": 20000,
     "thread_trials": 1, "process_trials": 1,
+    "decrypt_rounds": 7, "decrypt_limit": 10.0,
+    "first_call_rounds": 3, "first_call_limit": 15.0,
 }
 WARMUP_RUNS = 2
 SUBPROCESS_TIMEOUT = 60.0
@@ -156,6 +182,21 @@ provider = sf_jwt.TokenProvider(
 )
 print(provider.get().access_token)
 ''' % (CLIENT_ID, USERNAME, AUDIENCE)
+
+# One fresh process of section 5. It times the first load_private_key call alone,
+# which builds the AES or DES tables, and prints the seconds and the fingerprint.
+FIRST_LOAD_SCRIPT = '''\
+import sys
+import time
+
+import sf_jwt
+
+key_file = sys.argv[1]
+started = time.perf_counter()
+key = sf_jwt.load_private_key(key_file, "%s")
+elapsed = time.perf_counter() - started
+print("{!r} {}".format(elapsed, key.fingerprint))
+''' % KEY_PASSWORD
 
 
 class BenchmarkFailure(Exception):
@@ -297,6 +338,18 @@ def verdict(value, target):
     return "MISSED by {:.2f}x ({:.0f}% above {:.2f}x)".format(value - target, (value / target - 1) * 100, target)
 
 
+def time_verdict(measurements, target_ms):
+    """Describe medians in milliseconds against a target of "less than `target_ms`".
+
+    Args:
+        measurements: A list of (label, milliseconds) pairs that must all meet the target.
+    """
+    missed = ["{} {:.1f} ms".format(label, value) for label, value in measurements if not value < target_ms]
+    if missed:
+        return "MISSED: {} (target under {:.0f} ms)".format(", ".join(missed), target_ms)
+    return "met (under {:.0f} ms)".format(target_ms)
+
+
 # --- Environment ------------------------------------------------------------------
 
 
@@ -359,19 +412,22 @@ class Workspace(object):
         py_compile.compile(os.path.join(self.path, "sf_jwt.py"), doraise=True)
         # Private copies of the keys: git checks files out with mode 0644, and sf_jwt
         # logs a warning in every process that loads a key file other users can read.
-        self.key_files = {}
-        for bits, source in KEY_FILES.items():
-            copy = os.path.join(self.path, os.path.basename(source))
-            shutil.copyfile(source, copy)
-            os.chmod(copy, 0o600)
-            self.key_files[bits] = copy
+        self.key_files = {bits: self.private_copy(source) for bits, source in KEY_FILES.items()}
+        self.decryption_files = [self.private_copy(source) for source in DECRYPTION_FILES]
         self.scripts = {}
         for name, text in (("pyjwt_assertion.py", PYJWT_SCRIPT), ("rsa_assertion.py", RSA_SCRIPT),
-                           ("cache_client.py", CACHE_CLIENT_SCRIPT)):
+                           ("cache_client.py", CACHE_CLIENT_SCRIPT), ("first_load.py", FIRST_LOAD_SCRIPT)):
             script = os.path.join(self.path, name)
             with open(script, "w") as handle:
                 handle.write(text)
             self.scripts[name] = script
+
+    def private_copy(self, source):
+        """Copy a file into the workspace with mode 0600 and return the copy's path."""
+        copy = os.path.join(self.path, os.path.basename(source))
+        shutil.copyfile(source, copy)
+        os.chmod(copy, 0o600)
+        return copy
 
     def remove(self):
         shutil.rmtree(self.path, ignore_errors=True)
@@ -757,6 +813,76 @@ def count_process_logins(endpoint, workspace, environment, trial):
     return endpoint.logins, seconds
 
 
+# --- 5. Loading encrypted keys ----------------------------------------------------------------
+
+
+class FirstLoadTimer(object):
+    """A callable that loads a key file in a fresh interpreter and returns the seconds of that call.
+
+    The child times the load_private_key call alone. That leaves out the
+    interpreter start and `import sf_jwt`, but includes the work done on first
+    use, such as building the AES or DES tables and the imports that sf_jwt
+    defers until a function needs them.
+    """
+
+    def __init__(self, key_file, expected_fingerprint, workspace, environment):
+        self.command = [sys.executable, workspace.scripts["first_load.py"], key_file]
+        self.key_file = key_file
+        self.expected_fingerprint = expected_fingerprint
+        self.cwd = workspace.path
+        self.environment = environment
+
+    def __call__(self):
+        code, stdout, stderr = run_process(self.command, self.cwd, self.environment)
+        if code != 0:
+            raise BenchmarkFailure("{} exited with {}: {}".format(" ".join(self.command), code, stderr[-500:]))
+        fields = stdout.split()
+        if len(fields) != 2:
+            raise BenchmarkFailure("{} printed {!r}, not the seconds and a fingerprint".format(
+                " ".join(self.command), stdout[:200]))
+        check_fingerprint(self.key_file, fields[1], self.expected_fingerprint)
+        return float(fields[0])
+
+
+def check_fingerprint(key_file, fingerprint, expected):
+    """Raise BenchmarkFailure unless a key loaded from key_file has the expected fingerprint."""
+    if fingerprint != expected:
+        raise BenchmarkFailure("the key loaded from {} has the fingerprint {}, expected {} (that of {})".format(
+            os.path.basename(key_file), fingerprint, expected, os.path.basename(KEY_FILES[2048])))
+
+
+def benchmark_decryption(sf_jwt, workspace, settings, environment):
+    log("loading encrypted keys: load_private_key with a password")
+    expected = sf_jwt.load_private_key(workspace.key_files[2048]).fingerprint
+    names = [os.path.basename(path) for path in workspace.decryption_files]
+
+    # Warm: repeated calls in this process. The first call per file is the
+    # warm-up. It also builds the AES and DES tables and checks the fingerprint.
+    competitors = []
+    for name, path in zip(names, workspace.decryption_files):
+        check_fingerprint(path, sf_jwt.load_private_key(path, KEY_PASSWORD).fingerprint, expected)
+        competitors.append((name, timed_batch(lambda path=path: sf_jwt.load_private_key(path, KEY_PASSWORD), 1)))
+    warm = run_interleaved(competitors, settings["decrypt_rounds"], settings["decrypt_limit"])
+
+    # First call: one fresh interpreter per sample, each checking the key it loaded.
+    # Each command runs once untimed first, so that the interpreter's and the key's
+    # files are in the operating system's cache.
+    timers = [
+        (name, FirstLoadTimer(path, expected, workspace, environment))
+        for name, path in zip(names, workspace.decryption_files)
+    ]
+    for _, timer in timers:
+        timer()
+    first = run_interleaved(timers, settings["first_call_rounds"], settings["first_call_limit"])
+
+    return {
+        "files": names,
+        "warm": {name: summarize(warm[name]) for name in names},
+        "first_call": {name: summarize(first[name]) for name in names},
+        "target_ms": DECRYPTION_TARGET_MS,
+    }
+
+
 # --- Report ----------------------------------------------------------------------------------
 
 
@@ -838,6 +964,20 @@ def print_report(report):
     print("(the fake endpoint waited {:.1f} s before each response in the thread and process checks)".format(
         token["concurrent_login_delay_s"]))
 
+    decryption = report["decryption"]
+    print("\n5. Loading a 2048-bit key: load_private_key(path, password), ms per call")
+    print("target: each median under {:.0f} ms, warm and as the first call in a fresh process".format(
+        decryption["target_ms"]))
+    print("{:<28} {:>8} {:>11}  {}".format("file", "warm ms", "1st call ms", "target"))
+    for name in decryption["files"]:
+        print("{:<28} {:>8} {:>11}  {}".format(
+            name, format_ms(decryption["warm"][name]), format_ms(decryption["first_call"][name]),
+            report["verdicts"]["load " + name]))
+    first_name = decryption["files"][0]
+    print("(warm: {} rounds after one warm-up call; first call: {} fresh interpreters per file,".format(
+        decryption["warm"][first_name]["samples"], decryption["first_call"][first_name]["samples"]))
+    print(" each timing the call alone, without the interpreter start and the import)")
+
 
 def build_verdicts(report):
     verdicts = {
@@ -850,6 +990,13 @@ def build_verdicts(report):
         verdicts["cold_assertion"] = verdict(report["cold"]["ratio_script_to_pyjwt"], TARGETS["cold_assertion"])
     else:
         verdicts["cold_assertion"] = "not measured: PyJWT or cryptography is not installed"
+    decryption = report["decryption"]
+    for name in decryption["files"]:
+        verdicts["load " + name] = time_verdict(
+            [("warm", decryption["warm"][name]["median_ms"]),
+             ("first call", decryption["first_call"][name]["median_ms"])],
+            decryption["target_ms"],
+        )
     return verdicts
 
 
@@ -909,6 +1056,7 @@ def main():
         )
         report["imports"] = benchmark_imports(workspace, settings, environment)
         report["token"] = benchmark_token(sf_jwt, endpoint, workspace, settings, environment)
+        report["decryption"] = benchmark_decryption(sf_jwt, workspace, settings, environment)
     except BenchmarkFailure as error:
         print("error: {}".format(error), file=sys.stderr)
         return 1
