@@ -3457,13 +3457,13 @@ _PRIVATE_PEM_FIXTURES = ["ec_key.pem", "ec_key_pkcs8.pem", "ed25519_key.pem", "d
                          "rsa_multiprime.pem"]
 
 
-def _assert_loads_fixture_or_rejects(data):
+def _assert_loads_fixture_or_rejects(data, password=None):
     """Load key data that may be damaged, and return whether it loaded.
 
     It must either load as the fixture key or raise InvalidKeyError with a message.
     """
     try:
-        key = sf_jwt.load_private_key(data)
+        key = sf_jwt.load_private_key(data, password)
     except sf_jwt.InvalidKeyError as error:
         assert str(error).strip()
         return False
@@ -3619,6 +3619,21 @@ def test_fuzz_load_key_mutated_file(name, mutations):
         data = _mutate(data, mutation)
 
     _assert_loads_fixture_or_rejects(data)
+
+
+_ENCRYPTED_FIXTURE_BYTES = {
+    name: (TESTDATA / name).read_bytes() for name in ENCRYPTED_FIXTURES + ["jwt_key_legacy.p12"]
+}
+
+
+@FUZZ
+@given(st.sampled_from(sorted(_ENCRYPTED_FIXTURE_BYTES)), st.lists(_mutations, min_size=1, max_size=4))
+def test_fuzz_load_key_mutated_encrypted_file(name, mutations):
+    data = _ENCRYPTED_FIXTURE_BYTES[name]
+    for mutation in mutations:
+        data = _mutate(data, mutation)
+
+    _assert_loads_fixture_or_rejects(data, KEY_PASSWORD)
 
 
 def _der_headers(der, start=0, end=None):
