@@ -872,17 +872,19 @@ def _note_unused_password(password: _KeyPassword, origin: _KeyOrigin) -> None:
 
 def _key_from_pkcs12(der: bytes, password: _KeyPassword, origin: _KeyOrigin) -> SigningKey:
     """Load the private key of a PKCS#12 file; of several keys, the one whose certificate is in the file."""
-    key_ders, certificate_ders = _keys_from_pkcs12(der, password, origin)
-    keys = [_key_from_der_structure(key_der, origin, None) for key_der in key_ders]
+    contents = _keys_from_pkcs12(der, password, origin)
+    keys = [_key_from_der_structure(key_der, origin, None) for key_der in contents.keys]
     if len(keys) == 1:
         return keys[0]
     if not keys:
         raise InvalidKeyError(
-            "{} is a PKCS#12 file with no private key (it contains {} certificates): export the certificate "
-            "together with its private key, and pass that file".format(origin.description, len(certificate_ders))
+            "{} is a PKCS#12 file with no private key (it contains {} certificate{}): export the certificate "
+            "together with its private key, and pass that file".format(
+                origin.description, len(contents.certificates), "" if len(contents.certificates) == 1 else "s"
+            )
         )
 
-    certified_numbers = _certificate_public_numbers(certificate_ders)
+    certified_numbers = _certificate_public_numbers(contents.certificates)
     certified = [key for key in keys if key.public_numbers in certified_numbers]
     if len(certified) != 1:
         raise InvalidKeyError(
@@ -1089,12 +1091,18 @@ class _MissingPasswordError(InvalidKeyError):
         self.description = description
 
 
+class _WrongPasswordError(InvalidKeyError):
+    """The key did not decrypt with the password given. The command line adds where the password came from."""
+
+
+_WRONG_PASSWORD_TEXT = "the password is wrong (or the file was altered after it was encrypted)"
+
 _Password = typing.NamedTuple("_Password", [("utf8", bytes), ("bmp", bytes)])
 _Password.__doc__ = """A password encoded for PBKDF2 and EVP_BytesToKey (``utf8``) and for the PKCS#12 KDF (``bmp``)."""
 
 
 def _check_password_type(password: typing.Any) -> None:
-    if password is not None and not isinstance(password, (str, bytes)):
+    if password is not None and not isinstance(password, (str, bytes, bytearray)):
         raise InvalidKeyError("the password must be a str or bytes, not a {}".format(type(password).__name__))
 
 
@@ -1112,6 +1120,7 @@ def _password_forms(password: typing.Union[str, bytes]) -> _Password:
             password = password.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             raise InvalidKeyError("the password contains an unpaired surrogate character") from None
+    password = bytes(password)  # a bytearray is accepted too
 
     try:
         text = password.decode("utf-8")
@@ -1127,10 +1136,7 @@ def _raise_password(origin: _KeyOrigin, password: typing.Any) -> typing.NoReturn
             "{} is encrypted: pass its password with {}".format(origin.description, _PASSWORD_HOW_TO),
             origin.description,
         )
-    raise InvalidKeyError(
-        "{} cannot be decrypted: the password is wrong (or the file was altered after it was "
-        "encrypted)".format(origin.description)
-    )
+    raise _WrongPasswordError("{} cannot be decrypted: {}".format(origin.description, _WRONG_PASSWORD_TEXT))
 
 
 def _raise_unsupported_encryption(algorithm: str, origin: _KeyOrigin, command: str) -> typing.NoReturn:
@@ -1796,9 +1802,16 @@ def _dek_info(block: _PEMBlock, origin: _KeyOrigin) -> typing.Tuple[str, bytes]:
 # --- PKCS#12 (RFC 7292) ---
 
 
+_PKCS12Contents = typing.NamedTuple("_PKCS12Contents", [
+    ("keys", typing.List[bytes]), ("certificates", typing.List[bytes]), ("skipped_parts", int),
+])
+_PKCS12Contents.__doc__ = """The PrivateKeyInfo DER of each key and the DER of each X.509 certificate of a PKCS#12 file,
+and the number of parts skipped because their encryption is not implemented here."""
+
+
 def _keys_from_pkcs12(
     der: bytes, password: typing.Optional[typing.Union[str, bytes]], origin: _KeyOrigin
-) -> typing.Tuple[typing.List[bytes], typing.List[bytes]]:
+) -> _PKCS12Contents:
     """Read the private keys and the certificates of a PKCS#12 file (a PFX).
 
     Returns the PrivateKeyInfo DER of every keyBag and pkcs8ShroudedKeyBag and
@@ -1834,7 +1847,7 @@ def _pkcs12_passwords(password: typing.Optional[typing.Union[str, bytes]]) -> ty
 
 def _read_pfx(
     der: bytes, password: typing.Optional[typing.Union[str, bytes]], origin: _KeyOrigin
-) -> typing.Tuple[typing.List[bytes], typing.List[bytes]]:
+) -> _PKCS12Contents:
     """Check the PFX (RFC 7292 section 4), then read the bags of each part of its AuthenticatedSafe."""
     fields = _der_fields(_der_element(der), [_TAG_INTEGER, _TAG_SEQUENCE, _TAG_SEQUENCE], optional=1)
     if _der_integer(fields[0]) != 3:
@@ -1867,7 +1880,7 @@ def _read_pfx(
 
     if not keys and skipped:
         raise skipped[0]
-    return keys, certificates
+    return _PKCS12Contents(keys, certificates, len(skipped))
 
 
 def _verify_pfx_mac(
@@ -3298,7 +3311,21 @@ def _load_certificate(path: str) -> _Certificate:
     try:
         return _parse_certificate(data)
     except _DERError as error:
+        if _looks_like_pkcs12(data):
+            raise ConfigurationError(
+                "{0} is a PKCS#12 file, not a certificate: pass it with --jwt-key-file instead, or write its "
+                "certificate with 'openssl pkcs12 -in {0} -nokeys -clcerts -out cert.crt'".format(path)
+            ) from None
         raise ConfigurationError("{} is not an X.509 certificate with an RSA key ({})".format(path, error)) from None
+
+
+def _looks_like_pkcs12(data: bytes) -> bool:
+    """Tell whether DER data starts like a PFX: a SEQUENCE of INTEGER 3 and a SEQUENCE."""
+    try:
+        items = _der_sequence(data)
+    except _DERError:
+        return False
+    return len(items) >= 2 and items[0] == (_TAG_INTEGER, b"\x03") and items[1][0] == _TAG_SEQUENCE
 
 
 def _parse_certificate(der: bytes) -> _Certificate:
@@ -3644,10 +3671,12 @@ def _describe_der_container(
     if tags[:2] == [_TAG_SEQUENCE, _TAG_OCTET_STRING]:
         return "encrypted PKCS#8 DER", []
 
-    _, certificates = _keys_from_pkcs12(data, password, origin)
-    if not certificates:
-        return "PKCS#12 with no readable certificate (parts encrypted with RC2 are skipped)", []
-    return "PKCS#12", certificates
+    contents = _keys_from_pkcs12(data, password, origin)
+    if contents.skipped_parts and not contents.certificates:
+        return "PKCS#12 whose certificates sf_jwt cannot read (they are encrypted with RC2)", []
+    if not contents.certificates:
+        return "PKCS#12 with no certificate", []
+    return "PKCS#12", contents.certificates
 
 
 def _check_certificates_in_key_file(certificate_ders: typing.List[bytes], key: SigningKey) -> CheckResult:
@@ -3851,7 +3880,7 @@ def _build_parser() -> typing.Any:
         description="Log in to Salesforce with the OAuth 2.0 JWT bearer flow.",
         epilog="Exit codes: 0 success, 1 rejected by Salesforce (or a signature that does not verify, or a "
         "failed check), "
-        "2 bad usage or input, 3 network, TLS or server failure.",
+        "2 bad usage or input, 3 network, TLS or server failure, 70 a bug in sf-jwt.",
         **no_abbreviations
     )
     parser.add_argument("--version", action="version", version=_version_text())
@@ -3987,61 +4016,87 @@ def _load_key_setting(
     For check, the path or key text stays, for check to report on, and its
     password is added as key_password.
     """
-    password = _key_password(args, environ)
+    password, password_source = _key_password(args, environ)
     source = settings["private_key"]
     if source is None:
         source = _key_text_from_environment(environ["SF_JWT_KEY"])
 
     if for_check:
         settings["private_key"] = source
-        settings["key_password"] = _password_for_check(source, password)
+        settings["key_password"], settings["key_password_source"] = _password_for_check(
+            source, password, password_source
+        )
     else:
-        settings["private_key"] = _load_with_prompt(lambda entered: load_private_key(source, entered), password)
+        settings["private_key"] = _load_with_prompt(
+            lambda entered: load_private_key(source, entered), password, password_source
+        )
 
 
-def _key_password(args: typing.Any, environ: typing.Mapping[str, str]) -> _KeyPassword:
-    """Return the key password from --jwt-key-password-file or SF_JWT_KEY_PASSWORD, or None."""
+def _key_password(args: typing.Any, environ: typing.Mapping[str, str]) -> typing.Tuple[_KeyPassword, str]:
+    """Return the key password from --jwt-key-password-file or SF_JWT_KEY_PASSWORD, or None, and its source."""
     path = getattr(args, "jwt_key_password_file", None)
     if path:
-        return _read_password_file(path)
+        return _read_password_file(path), "the password file {}".format(path)
     if "SF_JWT_KEY_PASSWORD" in environ:
         _logger.debug("using the key password from SF_JWT_KEY_PASSWORD")
-        return environ["SF_JWT_KEY_PASSWORD"]
-    return None
+        return environ["SF_JWT_KEY_PASSWORD"], "SF_JWT_KEY_PASSWORD"
+    return None, ""
 
 
 def _read_password_file(path: str) -> bytes:
-    """Return the first line of a password file, without its line end, as openssl's -passin file: does."""
+    """Return the first line of a password file, without its line end, as openssl's -passin file: does.
+
+    A UTF-8 byte order mark is skipped. UTF-16 with a byte order mark, which
+    Windows PowerShell 5 writes, is converted to UTF-8.
+    """
     data = _read_small_file(path, "password file", ConfigurationError)
     _warn_if_shared(path, "password file")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            data = data.decode("utf-16").encode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise ConfigurationError(
+                "the password file {} starts like UTF-16 but is not valid UTF-16: save it as UTF-8".format(path)
+            ) from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+
     line = data.split(b"\n", 1)[0]
     _logger.debug("using the key password from %s", path)
     return line[:-1] if line.endswith(b"\r") else line
 
 
-def _load_with_prompt(load: typing.Callable[[_KeyPassword], SigningKey], password: _KeyPassword) -> SigningKey:
+def _load_with_prompt(
+    load: typing.Callable[[_KeyPassword], SigningKey], password: _KeyPassword, source: str
+) -> SigningKey:
     """Load a key; if it is encrypted, no password was given and stdin is a terminal, ask for the password."""
     try:
-        return load(password)
-    except _MissingPasswordError as error:
-        if not _can_prompt():
-            raise
-        return load(_prompt_password(error))
+        try:
+            return load(password)
+        except _MissingPasswordError as error:
+            if not _can_prompt():
+                raise
+            source = "the terminal prompt"
+            return load(_prompt_password(error))
+    except _WrongPasswordError as error:
+        raise InvalidKeyError(_with_password_source(str(error), source)) from None
 
 
-def _password_for_check(source: str, password: _KeyPassword) -> _KeyPassword:
+def _with_password_source(message: str, source: str) -> str:
+    return "{}. The password was read from {}".format(message, source) if source else message
+
+
+def _password_for_check(source: str, password: _KeyPassword, password_source: str) -> typing.Tuple[_KeyPassword, str]:
     """Ask for the password of an encrypted key file in a terminal, so that check can decrypt it."""
     if password is not None or not _can_prompt():
-        return password
+        return password, password_source
     try:
         load_private_key(source)
     except _MissingPasswordError as error:
-        return _prompt_password(error)
+        return _prompt_password(error), "the terminal prompt"
     except InvalidKeyError:
         pass  # check reports it
-    return None
+    return None, ""
 
 
 def _can_prompt() -> bool:
@@ -4122,8 +4177,10 @@ def _run_decode(args: typing.Any) -> int:
         numbers = certificate.n, certificate.e
     elif args.jwt_key_file:
         path = args.jwt_key_file
-        password = _key_password(args, os.environ)
-        numbers = _load_with_prompt(lambda entered: load_private_key(path, entered), password).public_numbers
+        password, password_source = _key_password(args, os.environ)
+        numbers = _load_with_prompt(
+            lambda entered: load_private_key(path, entered), password, password_source
+        ).public_numbers
     valid = numbers is not None and header.get("alg") == "RS256" and _verify_rs256(signing_input, signature, *numbers)
     if numbers is None:
         result["signature"] = "not checked"
@@ -4225,8 +4282,14 @@ def _run_check(args: typing.Any) -> int:
     import json
 
     settings = _login_settings(args, os.environ, for_check=True)
+    password_source = settings.pop("key_password_source")
     results = check_setup(cert_file=args.cert, ca_file=args.ca_file, timeout=args.timeout, offline=args.offline,
                           **settings)
+    results = [
+        result._replace(message=_with_password_source(result.message, password_source))
+        if result.name == "key" and result.message.endswith(_WRONG_PASSWORD_TEXT) else result
+        for result in results
+    ]
 
     if args.format == "json":
         print(json.dumps([result._asdict() for result in results], indent=2))

@@ -1101,7 +1101,6 @@ _WRONG_KEY_PASSWORD = "wrong-password-8d41"
 ENCRYPTED_FIXTURES = ["jwt_key_encrypted_pkcs8.pem", "jwt_key_encrypted_pkcs1.pem", "jwt_key.p12"]
 _TEST_ORIGIN = sf_jwt._KeyOrigin("the key file test.key", "test.key")
 JWT_CERT_DER = (TESTDATA / "jwt_cert.der").read_bytes()
-_MALFORMED = (sf_jwt.InvalidKeyError, sf_jwt._DERError)
 MISSING_PASSWORD_MESSAGE = (
     "{} is encrypted: pass its password with --jwt-key-password-file FILE or the SF_JWT_KEY_PASSWORD variable "
     "(sf-jwt), or the password argument (load_private_key)"
@@ -1192,8 +1191,9 @@ def test_legacy_pkcs12_fixture_loads(caplog):
 
 
 @pytest.mark.parametrize("name", ENCRYPTED_FIXTURES)
-def test_encrypted_fixture_bytes_password(name):
-    key = sf_jwt.load_private_key(TESTDATA / name, KEY_PASSWORD.encode("ascii"))
+@pytest.mark.parametrize("password", [KEY_PASSWORD.encode("ascii"), bytearray(KEY_PASSWORD.encode("ascii"))])
+def test_encrypted_fixture_bytes_password(name, password):
+    key = sf_jwt.load_private_key(TESTDATA / name, password)
 
     assert _numbers_of(key) == _ORIGINAL_NUMBERS
 
@@ -1229,7 +1229,7 @@ def test_encrypted_key_text_and_base64(name):
         assert _numbers_of(sf_jwt.load_private_key(source, KEY_PASSWORD)) == _ORIGINAL_NUMBERS
 
 
-@pytest.mark.parametrize("password", [1234, ["fixture-password"], bytearray(b"fixture-password")])
+@pytest.mark.parametrize("password", [1234, ["fixture-password"], memoryview(b"fixture-password")])
 def test_password_of_wrong_type(password):
     with pytest.raises(sf_jwt.InvalidKeyError) as caught:
         sf_jwt.load_private_key(KEY_PKCS1, password)
@@ -1309,7 +1309,7 @@ def test_md5_blocked_gives_conversion_command(monkeypatch):
     ("jwt_key_encrypted_pkcs1.pem", None, "PKCS#1 PEM encrypted by OpenSSL with AES-256-CBC"),
     ("jwt_key.p12", None, "PKCS#12"),
     ("jwt_key.p12", "base64", "PKCS#12 in base64"),
-    ("jwt_key_legacy.p12", None, "PKCS#12 with no readable certificate (parts encrypted with RC2 are skipped)"),
+    ("jwt_key_legacy.p12", None, "PKCS#12 whose certificates sf_jwt cannot read (they are encrypted with RC2)"),
     ("jwt_key_encrypted_pkcs8.pem", "DER", "encrypted PKCS#8 DER"),
 ])
 def test_key_container_described(name, data, expected):
@@ -1600,7 +1600,7 @@ def _make_pkcs12(directory, password, options, key_path=KEY_PKCS1, name="key.p12
 def test_pkcs12(tmp_path, variant, password_name):
     password = PASSWORDS[password_name]
     data = _make_pkcs12(tmp_path, password, PKCS12_VARIANTS[variant])
-    keys, certificates = sf_jwt._keys_from_pkcs12(data, password, _TEST_ORIGIN)
+    keys, certificates, _ = sf_jwt._keys_from_pkcs12(data, password, _TEST_ORIGIN)
     assert len(keys) == 1
     _assert_decrypted_key(keys[0])
     # -legacy encrypts the certificate with RC2, which is skipped.
@@ -1621,7 +1621,7 @@ def test_pkcs12_default_mac_is_sha256(tmp_path):
 @needs_openssl3
 @pytest.mark.parametrize("password", [None, ""])
 def test_pkcs12_empty_password_when_none_given(tmp_path, password):
-    keys, _ = sf_jwt._keys_from_pkcs12(_make_pkcs12(tmp_path, "", []), password, _TEST_ORIGIN)
+    keys, _, _ = sf_jwt._keys_from_pkcs12(_make_pkcs12(tmp_path, "", []), password, _TEST_ORIGIN)
     _assert_decrypted_key(keys[0])
 
 
@@ -1631,7 +1631,7 @@ def test_pkcs12_made_by_cryptography_without_password():
     with open(KEY_PKCS1, "rb") as key_file:
         key = serialization.load_pem_private_key(key_file.read(), None)
     data = pkcs12.serialize_key_and_certificates(b"jwt", key, None, None, serialization.NoEncryption())
-    keys, certificates = sf_jwt._keys_from_pkcs12(data, None, _TEST_ORIGIN)
+    keys, certificates, _ = sf_jwt._keys_from_pkcs12(data, None, _TEST_ORIGIN)
     _assert_decrypted_key(keys[0])
     assert certificates == []
 
@@ -1669,7 +1669,7 @@ def test_pkcs12_with_two_keys(tmp_path):
     exported = _openssl("pkcs12", "-in", tmp_path / "spliced.p12", "-nodes", "-passin", "pass:x").decode()
     assert exported.count("BEGIN PRIVATE KEY") == 2
 
-    keys, certificates = sf_jwt._keys_from_pkcs12(combined, "x", _TEST_ORIGIN)
+    keys, certificates, _ = sf_jwt._keys_from_pkcs12(combined, "x", _TEST_ORIGIN)
     assert len(keys) == 2
     _assert_decrypted_key(keys[0], _ORIGINAL_NUMBERS)
     _assert_decrypted_key(keys[1], _OTHER_NUMBERS)
@@ -1716,7 +1716,7 @@ def test_pkcs12_without_key(tmp_path):
         sf_jwt.load_private_key(path, "x")
 
     assert str(caught.value) == (
-        "the key file {} is a PKCS#12 file with no private key (it contains 1 certificates): export the "
+        "the key file {} is a PKCS#12 file with no private key (it contains 1 certificate): export the "
         "certificate together with its private key, and pass that file".format(path)
     )
 
@@ -1859,7 +1859,7 @@ def test_pkcs12_rc2_key_unsupported(tmp_path):
 @needs_openssl3
 def test_pkcs12_key_found_beside_rc2_part(tmp_path):
     data = _make_pkcs12(tmp_path, "x", ["-legacy", "-keypbe", "NONE"])
-    keys, certificates = sf_jwt._keys_from_pkcs12(data, "x", _TEST_ORIGIN)
+    keys, certificates, _ = sf_jwt._keys_from_pkcs12(data, "x", _TEST_ORIGIN)
     _assert_decrypted_key(keys[0])
     assert certificates == []
 
@@ -1884,72 +1884,55 @@ def test_traditional_bad_dek_info():
 
 
 def _altered_file_targets(directory):
-    """Return (name, data, decrypt) with low iteration counts, so that each attempt is fast."""
+    """Return (name, data) of encrypted files with 1 iteration, so that each attempt is fast."""
     der = directory / "pkcs8.der"
     _openssl("pkcs8", "-topk8", "-iter", "1", "-in", KEY_PKCS1, "-passout", "pass:right", "-outform", "DER",
-            "-out", str(der))
+             "-out", der)
     traditional = directory / "traditional.pem"
-    _openssl("rsa", "-aes128", "-traditional", "-in", KEY_PKCS1, "-passout", "pass:right", "-out", str(traditional))
-    targets = [("pkcs8", _read_bytes(der), lambda data: [sf_jwt._decrypt_pkcs8(data, "right", _TEST_ORIGIN)])]
-    targets.append(("traditional", _read_bytes(traditional), lambda data: [_decrypt_pem_text(data)]))
+    _openssl("rsa", "-aes128", "-traditional", "-in", KEY_PKCS1, "-passout", "pass:right", "-out", traditional)
+    targets = [("pkcs8", _read_bytes(der)), ("traditional", _read_bytes(traditional))]
     for variant in ("default", "legacy", "unencrypted-no-mac", "encrypted-no-mac", "3des-sha1-mac"):
         data = _make_pkcs12(directory, "right", PKCS12_VARIANTS[variant] + ["-iter", "1"], name=variant + ".p12")
-        targets.append((variant, data, lambda data: sf_jwt._keys_from_pkcs12(data, "right", _TEST_ORIGIN)[0]))
+        targets.append((variant, data))
     return targets
-
-
-def _decrypt_pem_text(data):
-    blocks = sf_jwt._pem_blocks(data.decode("utf-8", "replace"), _TEST_ORIGIN)
-    if not blocks:
-        raise sf_jwt.InvalidKeyError("no PEM block")
-    block = blocks[0]
-    return sf_jwt._decrypt_traditional_pem(block, "right", _TEST_ORIGIN)
-
-
-def _check_altered(decrypt, data):
-    """Decrypting altered data must raise InvalidKeyError or _DERError, or return the original key intact."""
-    try:
-        keys = decrypt(data)
-        for der in keys:
-            assert _numbers_of(sf_jwt._key_from_der(der, _TEST_ORIGIN, None)) == _ORIGINAL_NUMBERS
-    except _MALFORMED:
-        pass
 
 
 @needs_openssl3
 def test_truncated_files_rejected(tmp_path):
-    for name, data, decrypt in _altered_file_targets(tmp_path):
-        assert decrypt(data)
+    for name, data in _altered_file_targets(tmp_path):
+        assert _numbers_of(sf_jwt.load_private_key(data, "right")) == _ORIGINAL_NUMBERS
         for length in range(len(data)):
             if name == "traditional" and b"-----END" in data[:length]:
-                continue
-            with pytest.raises(_MALFORMED):
-                decrypt(data[:length])
+                continue  # text after the END line is ignored
+            with pytest.raises(sf_jwt.InvalidKeyError):
+                sf_jwt.load_private_key(data[:length], "right")
 
 
 @needs_openssl3
 def test_bit_flips_rejected(tmp_path):
-    for name, data, decrypt in _altered_file_targets(tmp_path):
+    # A flip may hit something that nothing checks, such as an unencrypted certificate, so the
+    # key may still load, but then it must be the original key.
+    for name, data in _altered_file_targets(tmp_path):
         # Every byte of the first 200, where the structure and parameters are, then every fifth.
         offsets = list(range(min(200, len(data)))) + list(range(200, len(data), 5))
         for offset in offsets:
             altered = bytearray(data)
             altered[offset] ^= 1 << (offset % 8)
-            _check_altered(decrypt, bytes(altered))
+            _assert_loads_fixture_or_rejects(bytes(altered), "right")
 
 
 @needs_openssl3
-def test_altered_ciphertext_gives_password_error_or_corrupt_key(tmp_path):
-    # After a flip in the ciphertext, either a check in the section fails or sf_jwt's RSA checks do.
+def test_altered_ciphertext_rejected(tmp_path):
+    # After a flip in the ciphertext, either the padding or structure check fails or the RSA checks do.
     path = tmp_path / "key.der"
     _openssl("pkcs8", "-topk8", "-iter", "1", "-in", KEY_PKCS1, "-passout", "pass:x", "-outform", "DER",
-            "-out", str(path))
+             "-out", path)
     data = _read_bytes(path)
     for offset in range(len(data) - 1200, len(data), 7):
         altered = bytearray(data)
         altered[offset] ^= 0x40
-        with pytest.raises(_MALFORMED):
-            sf_jwt._key_from_der(sf_jwt._decrypt_pkcs8(bytes(altered), "x", _TEST_ORIGIN), _TEST_ORIGIN, None)
+        with pytest.raises(sf_jwt.InvalidKeyError):
+            sf_jwt.load_private_key(bytes(altered), "x")
 
 
 # --- Signatures ---------------------------------------------------------------
@@ -5575,8 +5558,8 @@ def test_cli_password_file_keeps_spaces(fake, tmp_path):
     completed = _run_cli(args, stdin="")
 
     _assert_clean_failure(completed, 2)
-    assert completed.stderr == "sf-jwt: error: {}\n".format(
-        WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file)))
+    assert completed.stderr == "sf-jwt: error: {}. The password was read from the password file {}\n".format(
+        WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file)), password_file)
     assert fake.requests == []
 
 
@@ -5646,14 +5629,18 @@ def test_cli_encrypted_key_wrong_password(fake, tmp_path, name, source):
     args = ["-v"] + _token_args(fake, key_file=key_file)
     env = _clean_env()
     if source == "file":
-        args += ["--jwt-key-password-file", str(_write_password_file(tmp_path, wrong_password.encode("ascii")))]
+        password_file = _write_password_file(tmp_path, wrong_password.encode("ascii"))
+        args += ["--jwt-key-password-file", str(password_file)]
+        read_from = "the password file {}".format(password_file)
     else:
         env["SF_JWT_KEY_PASSWORD"] = wrong_password
+        read_from = "SF_JWT_KEY_PASSWORD"
 
     completed = _run_cli(args, env=env, stdin="")
 
     _assert_clean_failure(completed, 2)
-    error_line = "sf-jwt: error: {}".format(WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file)))
+    error_line = "sf-jwt: error: {}. The password was read from {}".format(
+        WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file)), read_from)
     assert completed.stderr.splitlines()[-1] == error_line
     assert wrong_password not in completed.stderr
     assert wrong_password not in completed.stdout
@@ -5741,7 +5728,8 @@ def test_cli_prompt_wrong_password_fails():
     exit_code, output = _run_in_terminal(args, wrong_password.encode("ascii") + b"\n")
 
     assert exit_code == 2, output
-    assert "sf-jwt: error: {}\n".format(WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file))) in output
+    assert "sf-jwt: error: {}. The password was read from the terminal prompt\n".format(
+        WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file))) in output
     assert wrong_password not in output
 
 
@@ -5811,7 +5799,9 @@ def test_cli_check_wrong_password_fails(tmp_path):
 
     assert completed.returncode == 1, completed.stdout + completed.stderr
     lines = completed.stdout.splitlines()
-    assert lines[0] == _check_line("FAIL", "key", WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file)))
+    message = "{}. The password was read from the password file {}".format(
+        WRONG_PASSWORD_MESSAGE.format("the key file {}".format(key_file)), password_file)
+    assert lines[0] == _check_line("FAIL", "key", message)
     assert "wrong-Password-0a7d19" not in completed.stdout + completed.stderr
 
 
@@ -5963,3 +5953,73 @@ def test_cli_unknown_argument_value_hidden(extra, expected):
     _assert_clean_failure(completed, 2)
     assert completed.stderr.splitlines()[-1] == "sf-jwt: error: unrecognized arguments: " + expected
     assert KEY_PASSWORD not in completed.stderr
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_cli_password_file_utf16(tmp_path, encoding):
+    # Windows PowerShell 5 writes "echo PASSWORD > FILE" as UTF-16 with a byte order mark and CRLF.
+    # Python's "utf-16" codec writes the byte order mark itself; the other two need it in the text.
+    text = KEY_PASSWORD + "\r\n" if encoding == "utf-16" else "\ufeff" + KEY_PASSWORD + "\r\n"
+    content = text.encode(encoding)
+    password_file = _write_password_file(tmp_path, content)
+    args = _assertion_args("--jwt-key-password-file", str(password_file))
+    args[args.index(str(KEY_PKCS1))] = str(TESTDATA / "jwt_key.p12")
+
+    completed = _run_cli(args)
+
+    assert completed.returncode == 0, completed.stderr
+    assert _cert_public_key().verify(
+        _b64url_to_bytes(completed.stdout.strip().split(".")[2]),
+        completed.stdout.strip().rsplit(".", 1)[0].encode("ascii"),
+        padding.PKCS1v15(), hashes.SHA256(),
+    ) is None
+
+
+def test_cli_password_file_bad_utf16(tmp_path):
+    password_file = _write_password_file(tmp_path, b"\xff\xfe\x00\xd8")
+    args = _assertion_args("--jwt-key-password-file", str(password_file))
+
+    completed = _run_cli(args)
+
+    _assert_clean_failure(completed, 2)
+    assert completed.stderr == (
+        "sf-jwt: error: the password file {} starts like UTF-16 but is not valid UTF-16: save it as "
+        "UTF-8\n".format(password_file)
+    )
+
+
+_PKCS12_AS_CERTIFICATE = (
+    "{0} is a PKCS#12 file, not a certificate: pass it with --jwt-key-file instead, or write its certificate "
+    "with 'openssl pkcs12 -in {0} -nokeys -clcerts -out cert.crt'"
+)
+
+
+def test_cli_decode_pkcs12_as_certificate():
+    path = TESTDATA / "jwt_key.p12"
+
+    completed = _run_cli(["decode", _signed_assertion(KEY_PKCS1), "--cert", str(path)])
+
+    _assert_clean_failure(completed, 2)
+    assert completed.stderr == "sf-jwt: error: {}\n".format(_PKCS12_AS_CERTIFICATE.format(path))
+
+
+def test_cli_check_pkcs12_as_certificate():
+    path = TESTDATA / "jwt_key.p12"
+    args = _check_args(KEY_PKCS1)
+    args[args.index("--cert") + 1] = str(path)
+
+    completed = _run_cli(args)
+
+    assert completed.returncode == 1, completed.stderr
+    assert _check_line("FAIL", "certificate", _PKCS12_AS_CERTIFICATE.format(path)) in completed.stdout.splitlines()
+
+
+@needs_openssl3
+def test_pkcs12_without_certificate_described(tmp_path):
+    path = tmp_path / "key-only.p12"
+    _openssl("pkcs12", "-export", "-nocerts", "-inkey", KEY_PKCS1, "-passout", "pass:x", "-out", path)
+
+    container, certificates = sf_jwt._describe_key_container(path.read_bytes(), "x", _TEST_ORIGIN)
+
+    assert container == "PKCS#12 with no certificate"
+    assert certificates == []
