@@ -1437,7 +1437,7 @@ def test_tdea_cbc_matches_cryptography():
 
 
 def test_pbkdf2_rfc6070():
-    # RFC 6070 section 2: PBKDF2-HMAC-SHA1, a check of hashlib as the section uses it.
+    # RFC 6070 section 2: PBKDF2-HMAC-SHA1, a check of hashlib as sf_jwt uses it.
     one_round = hashlib.pbkdf2_hmac("sha1", b"password", b"salt", 1, 20)
     assert one_round.hex() == "0c60c80f961f0e71f3a9b524af6012062fe037a6"
     many_rounds = hashlib.pbkdf2_hmac("sha1", b"password", b"salt", 4096, 20)
@@ -1640,8 +1640,8 @@ def _spliced_pkcs12(directory, parts_of_first, parts_of_second):
     """Write a PFX without a MAC from AuthenticatedSafe parts of two openssl files, and return its bytes.
 
     openssl and cryptography write one key per file, so files with two keys are
-    spliced. In OpenSSL 3's files part 0 holds the certificate and part 1 the
-    key; the first file has the fixture key, the second testdata/other_key.pem.
+    spliced. In OpenSSL 3's files part 0 contains the certificate and part 1 the
+    key. The first file has the fixture key, the second testdata/other_key.pem.
     """
     first = _make_pkcs12(directory, "x", ["-nomac"], KEY_PKCS1, "first.p12")
     other_cert = directory / "other.crt"
