@@ -589,14 +589,14 @@ def _read_key_file(path: str) -> bytes:
 _shared_key_files_warned = set()  # type: typing.Set[str]
 
 
-def _warn_if_shared(path: str, what: str = "key file") -> None:
+def _warn_if_shared(path: str, file_kind: str = "key file") -> None:
     """Log a warning, once per path, when other users may read a key or password file (POSIX only)."""
     mode = _shared_mode(path)
     if mode is not None and path not in _shared_key_files_warned:
         _shared_key_files_warned.add(path)
         _logger.warning(
             "the %s %s is accessible to other users (mode %03o): restrict it with 'chmod 600 %s'",
-            what, path, mode, path,
+            file_kind, path, mode, path,
         )
 
 
@@ -901,15 +901,19 @@ def _key_from_pkcs12(der: bytes, password: _KeyPassword, origin: _KeyOrigin) -> 
 
 
 def _certificate_public_numbers(certificate_ders: typing.List[bytes]) -> typing.List[typing.Tuple[int, int]]:
-    """Return (n, e) of each certificate with an RSA key; other certificates are skipped."""
-    numbers = []
+    """Return (n, e) of each certificate with an RSA key."""
+    return [(certificate.n, certificate.e) for certificate in _rsa_certificates(certificate_ders)]
+
+
+def _rsa_certificates(certificate_ders: typing.List[bytes]) -> typing.List["_Certificate"]:
+    """Parse the certificates that have an RSA key; other certificates are skipped."""
+    certificates = []
     for der in certificate_ders:
         try:
-            certificate = _parse_certificate(der)
+            certificates.append(_parse_certificate(der))
         except _DERError:
             continue
-        numbers.append((certificate.n, certificate.e))
-    return numbers
+    return certificates
 
 
 def _key_from_pkcs8(items: typing.List[typing.Tuple[int, bytes]], origin: _KeyOrigin) -> SigningKey:
@@ -1142,7 +1146,7 @@ def _raise_password(origin: _KeyOrigin, password: typing.Any) -> typing.NoReturn
 def _raise_unsupported_encryption(algorithm: str, origin: _KeyOrigin, command: str) -> typing.NoReturn:
     raise InvalidKeyError(
         "{} is protected with {}, which sf_jwt cannot decrypt: re-encrypt it with AES by running "
-        "'{}' (it asks for the old and a new password) and pass the new file".format(
+        "'{}' (it prompts for the old and a new password) and pass the new file".format(
             origin.description, algorithm, command
         )
     )
@@ -3681,13 +3685,8 @@ def _describe_der_container(
 
 def _check_certificates_in_key_file(certificate_ders: typing.List[bytes], key: SigningKey) -> CheckResult:
     """Compare the certificates stored with the key (in a PEM or PKCS#12 file) with the key."""
-    parsed = []
-    for der in certificate_ders:
-        try:
-            parsed.append(_parse_certificate(der))
-        except _DERError:
-            continue
-    matching = [certificate for certificate in parsed if (certificate.n, certificate.e) == key.public_numbers]
+    certificates = _rsa_certificates(certificate_ders)
+    matching = [certificate for certificate in certificates if (certificate.n, certificate.e) == key.public_numbers]
     if not matching:
         return CheckResult(
             "key file cert", "WARN", "the key file contains {} certificate(s), and none of them is for this key: "
@@ -3959,7 +3958,7 @@ def _add_login_arguments(parser: typing.Any) -> None:
 def _add_password_argument(parser: typing.Any) -> None:
     parser.add_argument("--jwt-key-password-file", metavar="FILE",
                         help="file whose first line is the password of an encrypted key or PKCS#12 file "
-                        "[SF_JWT_KEY_PASSWORD holds the password itself]; without either, sf-jwt asks for the "
+                        "[SF_JWT_KEY_PASSWORD contains the password itself]; without either, sf-jwt prompts for the "
                         "password when stdin is a terminal")
 
 

@@ -1649,11 +1649,11 @@ def _spliced_pkcs12(directory, parts_of_first, parts_of_second):
     second = _make_pkcs12(directory, "x", ["-nomac"], OTHER_KEY, "second.p12", other_cert)
 
     parts = []
-    for data, wanted in ((first, parts_of_first), (second, parts_of_second)):
+    for data, selected in ((first, parts_of_first), (second, parts_of_second)):
         _, content_info = sf_jwt._der_sequence(data)
         _, content = sf_jwt._content_info(content_info)
         all_parts = [_der_tlv(tag, value) for tag, value in sf_jwt._der_sequence(content[1])]
-        parts += [all_parts[index] for index in wanted]
+        parts += [all_parts[index] for index in selected]
     authenticated_safe = _der_tlv(0x30, b"".join(parts))
     content_info = _der_tlv(0x30, _der_tlv(0x06, bytes.fromhex("2a864886f70d010701")) + _der_tlv(
         0xA0, _der_tlv(0x04, authenticated_safe)))
