@@ -3723,6 +3723,9 @@ def _check_certificate(cert_file: str, key: typing.Optional[SigningKey], results
         status, message = "WARN", "{} expires on {}: plan its replacement".format(cert_file, until)
     else:
         status, message = "PASS", "{} matches the key and is valid until {}".format(cert_file, until)
+        if key is None:
+            message = "{} is valid until {}, but it was not compared with the key, which did not load".format(
+                cert_file, until)
     results.append(CheckResult("certificate", status, message))
 
 

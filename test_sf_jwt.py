@@ -6023,3 +6023,15 @@ def test_pkcs12_without_certificate_described(tmp_path):
 
     assert container == "PKCS#12 with no certificate"
     assert certificates == []
+
+
+def test_check_certificate_without_loaded_key():
+    results = sf_jwt.check_setup(CONSUMER_KEY, USERNAME, TESTDATA / "jwt_key.p12", cert_file=str(JWT_CERT),
+                                 offline=True)
+
+    by_name = {result.name: result for result in results}
+    assert by_name["key"].status == "FAIL"
+    assert by_name["certificate"].status == "PASS"
+    assert by_name["certificate"].message == (
+        "{} is valid until 2036-12-01, but it was not compared with the key, which did not load".format(JWT_CERT)
+    )
